@@ -1,0 +1,17 @@
+# CUDA backend seam. AUTO builds it when nvcc and cuBLAS are found; ON requires them;
+# OFF never tries. The backend itself lands with the CUDA issue; today this only reports.
+set(FFNSKIP_CUDA_ENABLED OFF)
+set(FFNSKIP_CUDA_REASON "FFNSKIP_CUDA=OFF")
+if(NOT FFNSKIP_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(FFNSKIP_CUDA_REASON "nvcc found, but the CUDA backend is not implemented yet")
+  else()
+    set(FFNSKIP_CUDA_REASON "no CUDA compiler (nvcc) found")
+  endif()
+  if(FFNSKIP_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "FFNSKIP_CUDA=ON but the CUDA backend cannot be built: ${FFNSKIP_CUDA_REASON}")
+  endif()
+endif()
+message(STATUS "ffnskip CUDA backend: ${FFNSKIP_CUDA_ENABLED} (${FFNSKIP_CUDA_REASON})")

@@ -1,0 +1,198 @@
+// ffnskip public C++ API: everything an application that embeds the engine needs.
+//
+//   auto model = ffnskip::Model::load("model.gguf");
+//   ffnskip::Session session(model, ffnskip::SessionParams{});
+//   ffnskip::GenerateParams params;
+//   params.max_tokens = 64;
+//   session.generate("The capital of France is", params,
+//                    [](const std::string& piece, int32_t token) { std::cout << piece; return true; });
+//
+// A Model is immutable once loaded and may be shared by any number of Sessions
+// (one per thread); a Session owns its KV cache, buffers and sampler.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ffnskip {
+
+// ---- errors -----------------------------------------------------------------
+// Engine errors. Bad arguments throw std::invalid_argument; a file that is not a
+// valid model throws FormatError; a missing file throws FileNotFoundError.
+class Error : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+class FormatError : public Error {
+  public:
+    using Error::Error;
+};
+class FileNotFoundError : public Error {
+  public:
+    using Error::Error;
+};
+
+// ---- model --------------------------------------------------------------------
+struct HParams {
+    std::string architecture;   // general.architecture ("llama")
+    int32_t n_vocab = 0;        // tokens in the vocabulary (rows of token_embd)
+    int32_t n_ctx_train = 0;    // context length the model was trained with
+    int32_t n_embd = 0;         // hidden width
+    int32_t n_layer = 0;        // transformer blocks
+    int32_t n_head = 0;         // query heads
+    int32_t n_head_kv = 0;      // key/value heads (GQA when < n_head)
+    int32_t head_dim = 0;       // width of one head (n_embd / n_head unless given)
+    int32_t n_ff = 0;           // FFN hidden width
+    int32_t n_rot = 0;          // dimensions of each head that RoPE rotates
+    float rope_freq_base = 10000.0f;
+    float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+    float rms_eps = 1e-5f;
+};
+
+struct ModelParams {
+    bool use_mmap = true;       // weights used in place from a read-only mapping
+};
+
+class Model {
+  public:
+    static std::shared_ptr<Model> load(const std::string& path, const ModelParams& params = {});
+    ~Model();
+
+    const HParams& hparams() const;
+    const std::string& path() const;
+    uint64_t file_size() const;
+    uint64_t weight_bytes() const;        // bytes of all tensor data
+
+    // GGUF metadata, rendered as text (arrays shortened), in file order.
+    std::vector<std::pair<std::string, std::string>> metadata() const;
+    // A metadata string value, or "" when absent (e.g. "tokenizer.chat_template").
+    std::string metadata_string(const std::string& key) const;
+
+    struct TensorInfo {
+        std::string name;
+        std::string type;               // "Q4_1", "F32", ...
+        std::vector<int64_t> shape;     // GGUF order: innermost dimension first
+        uint64_t offset;                // from the start of the file
+        uint64_t n_bytes;
+    };
+    std::vector<TensorInfo> tensors() const;
+
+    // Tokenizer.
+    std::vector<int32_t> tokenize(const std::string& text, bool add_special = true,
+                                  bool parse_special = false) const;
+    std::string token_to_piece(int32_t token, bool render_special = true) const;
+    std::string detokenize(const std::vector<int32_t>& tokens, bool render_special = true) const;
+    int32_t token_bos() const;          // -1 when the model has none
+    int32_t token_eos() const;
+    bool token_is_eog(int32_t token) const;   // end of generation (EOS, EOT, ...)
+    int32_t n_vocab() const;
+
+    struct Impl;
+    const Impl& impl() const { return *impl_; }
+
+  private:
+    Model();
+    std::unique_ptr<Impl> impl_;
+};
+
+// ---- generation -----------------------------------------------------------------
+struct SessionParams {
+    int32_t n_ctx = 0;          // KV cache length; 0 = min(n_ctx_train, 4096)
+    int32_t n_threads = 0;      // decode threads; 0 = all cores
+    int32_t n_threads_batch = 0;  // prompt-processing threads; 0 = n_threads
+    int32_t n_batch = 512;      // prompt tokens per forward pass
+};
+
+struct SamplingParams {
+    float temperature = 0.8f;   // 0 = greedy (argmax, ties to the lowest id)
+    int32_t top_k = 40;         // 0 = off
+    float top_p = 0.95f;        // 1 = off
+    float min_p = 0.05f;        // 0 = off
+    float repeat_penalty = 1.0f;  // 1 = off; llama.cpp's penalty on the last repeat_last_n tokens
+    int32_t repeat_last_n = 64;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    int64_t seed = -1;          // -1 = random; same seed, same text
+};
+
+struct GenerateParams {
+    int32_t max_tokens = 128;   // < 0 = until EOS or the context is full
+    SamplingParams sampling;
+    std::vector<std::string> stop;   // stop strings (not included in the output)
+    bool ignore_eos = false;
+    bool add_special = true;    // add BOS/EOS as the model's metadata asks
+    bool parse_special = false; // "<|im_start|>" in the prompt becomes one special token
+};
+
+enum class FinishReason { none, length, stop, eos, cancelled, context_full };
+const char* finish_reason_name(FinishReason reason);
+
+struct Stats {
+    int32_t n_prompt_tokens = 0;   // tokens evaluated for the prompt (cached prefix excluded)
+    int32_t n_cached_tokens = 0;   // prompt tokens reused from the previous call's KV cache
+    int32_t n_generated = 0;       // tokens sampled
+    double prompt_seconds = 0;
+    double decode_seconds = 0;
+    double prompt_tokens_per_second() const { return prompt_seconds > 0 ? n_prompt_tokens / prompt_seconds : 0; }
+    double decode_tokens_per_second() const;
+};
+
+struct GenerateResult {
+    std::string text;
+    std::vector<int32_t> prompt_tokens;
+    std::vector<int32_t> tokens;   // generated ids (an EOS that ended generation is included)
+    FinishReason finish_reason = FinishReason::none;
+    Stats stats;
+};
+
+// Called once per generated token with the text it completes (possibly "" while a
+// UTF-8 sequence or a possible stop string is pending). Return false to stop.
+using TokenCallback = std::function<bool(const std::string& piece, int32_t token)>;
+
+class Session {
+  public:
+    Session(std::shared_ptr<const Model> model, const SessionParams& params = {});
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    const Model& model() const;
+    int32_t n_ctx() const;
+    int32_t n_past() const;                 // tokens in the KV cache
+
+    // High level: tokenize, evaluate the prompt (reusing a cached common prefix),
+    // sample until a stop condition.
+    GenerateResult generate(const std::string& prompt, const GenerateParams& params,
+                            const TokenCallback& on_token = nullptr);
+
+    // Pull-style generation, for callers that drive the loop (e.g. Python's stream()).
+    void begin(const std::string& prompt, const GenerateParams& params);
+    void begin_tokens(const std::vector<int32_t>& prompt_tokens, const GenerateParams& params);
+    // One step: samples and evaluates one token. Returns false when generation has
+    // finished (then finish_reason() says why); `piece` receives the new text.
+    bool step(std::string& piece);
+    void cancel();                          // finish with FinishReason::cancelled
+    const GenerateResult& result() const;   // of the current / last generation
+
+    // Low level: append tokens to the KV cache; returns the logits of the last one
+    // (n_vocab floats, valid until the next call). all_logits receives every
+    // position's logits when non-null (n_tokens x n_vocab).
+    const float* eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
+    const std::vector<float>& last_logits() const;
+    void reset();                           // empty the KV cache
+
+    struct Impl;
+  private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// Build facts: "cpu", and "cuda" when the CUDA backend was compiled in.
+std::vector<std::string> available_backends();
+std::string build_info();   // compiler, SIMD paths compiled in and chosen at run time
+const char* version();
+
+}  // namespace ffnskip
