@@ -20,3 +20,7 @@ const TypeTraits& type_traits(GgmlType t) {
 size_t row_size(GgmlType t, int64_t n) { return (size_t)(n / type_traits(t).block_size) * type_traits(t).type_size; }
 const char* simd_level() { return "scalar"; }
 }
+namespace ffnskip {
+float fp16_to_fp32(uint16_t h) { _Float16 x; __builtin_memcpy(&x, &h, 2); return (float)x; }
+uint16_t fp32_to_fp16(float f) { _Float16 x = (_Float16)f; uint16_t h; __builtin_memcpy(&h, &x, 2); return h; }
+}

@@ -1,7 +1,22 @@
-"""ffnskip: LLaMA-family GGUF inference whose decode loop skips saturated FFN blocks."""
+"""ffnskip: LLaMA-family GGUF inference whose decode loop skips saturated FFN blocks.
+
+>>> from ffnskip import Session
+>>> s = Session("model.gguf")
+>>> for piece in s.stream("The capital of France is", max_tokens=32):
+...     print(piece, end="")
+"""
 from __future__ import annotations
 
-from ._core import FfnskipError, FormatError
+from ._core import FfnskipError, FormatError, Model, available_backends, build_info
+from .session import Completion, Session
 
-__all__ = ["FfnskipError", "FormatError"]
+__all__ = [
+    "Completion",
+    "FfnskipError",
+    "FormatError",
+    "Model",
+    "Session",
+    "available_backends",
+    "build_info",
+]
 __version__ = "0.1.0"

@@ -138,7 +138,7 @@ struct Stats {
     double prompt_seconds = 0;
     double decode_seconds = 0;
     double prompt_tokens_per_second() const { return prompt_seconds > 0 ? n_prompt_tokens / prompt_seconds : 0; }
-    double decode_tokens_per_second() const;
+    double decode_tokens_per_second() const { return decode_seconds > 0 ? n_generated / decode_seconds : 0; }
 };
 
 struct GenerateResult {
@@ -172,9 +172,12 @@ class Session {
     // Pull-style generation, for callers that drive the loop (e.g. Python's stream()).
     void begin(const std::string& prompt, const GenerateParams& params);
     void begin_tokens(const std::vector<int32_t>& prompt_tokens, const GenerateParams& params);
-    // One step: samples and evaluates one token. Returns false when generation has
-    // finished (then finish_reason() says why); `piece` receives the new text.
+    // One step: evaluates the previous token and samples the next. `piece` receives
+    // the text this step completes (may be empty). Returns true while generation goes
+    // on, false once it has finished (result().finish_reason says why); the final
+    // call may still deliver text.
     bool step(std::string& piece);
+    bool finished() const;
     void cancel();                          // finish with FinishReason::cancelled
     const GenerateResult& result() const;   // of the current / last generation
 

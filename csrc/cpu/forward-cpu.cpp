@@ -1,0 +1,139 @@
+// The LLaMA forward pass on the CPU, read top to bottom:
+//   x = embed(token)
+//   for each layer:  h  = x + Wo attention(rope(Wq norm(x)), rope(Wk norm(x)), Wv norm(x))
+//                    x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h))
+//   logits = Wout norm(x)
+#include "cpu/forward-cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "cpu/ops.h"
+
+namespace ffnskip {
+
+CpuForward::CpuForward(const Model::Impl& model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                       int32_t n_threads_batch)
+    : m_(model) {
+    const HParams& hp = model.hp;
+    kv_.n_ctx = n_ctx;
+    kv_.n_layer = hp.n_layer;
+    kv_.kv_width = hp.n_head_kv * hp.head_dim;
+    const size_t kv_elems = (size_t)hp.n_layer * n_ctx * kv_.kv_width;
+    kv_.k.assign(kv_elems, 0);
+    kv_.v.assign(kv_elems, 0);
+
+    const size_t nb = (size_t)n_batch;
+    const size_t q_width = (size_t)hp.n_head * hp.head_dim;
+    s_.n_batch = n_batch;
+    s_.x.resize(nb * hp.n_embd);
+    s_.xb.resize(nb * hp.n_embd);
+    s_.xb2.resize(nb * hp.n_embd);
+    s_.q.resize(nb * q_width);
+    s_.k.resize(nb * kv_.kv_width);
+    s_.v.resize(nb * kv_.kv_width);
+    s_.att_out.resize(nb * q_width);
+    s_.hb.resize(nb * hp.n_ff);
+    s_.hb2.resize(nb * hp.n_ff);
+    s_.logits.resize(nb * hp.n_vocab);
+    s_.act.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
+
+    pool_decode_ = std::make_unique<ThreadPool>(n_threads);
+    if (n_threads_batch != n_threads) pool_batch_ = std::make_unique<ThreadPool>(n_threads_batch);
+    const int max_threads = std::max(n_threads, n_threads_batch);
+    s_.scores.resize((size_t)max_threads * n_ctx);
+}
+
+void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) {
+    const HParams& hp = m_.hp;
+    const int hd = hp.head_dim;
+    const int group = hp.n_head / hp.n_head_kv;   // query heads per key/value head
+    const int q_width = hp.n_head * hd;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    // One task per (token, head); each token sees the cache up to its own position.
+    pool.parallel_for((int64_t)n * hp.n_head, 1, [&](int ith, int64_t b, int64_t e) {
+        float* att = s_.scores.data() + (size_t)ith * kv_.n_ctx;
+        for (int64_t task = b; task < e; task++) {
+            const int t = (int)(task / hp.n_head), h = (int)(task % hp.n_head);
+            const int kvh = h / group;
+            const int n_keys = pos + t + 1;
+            const float* q = s_.q.data() + (size_t)t * q_width + (size_t)h * hd;
+            float max_score = -INFINITY;
+            for (int j = 0; j < n_keys; j++) {
+                const uint16_t* k = kv_.k_at(layer, j) + kvh * hd;
+                float dot = 0.0f;
+                for (int i = 0; i < hd; i++) dot += q[i] * fp16_to_fp32(k[i]);
+                att[j] = dot * scale;
+                max_score = std::max(max_score, att[j]);
+            }
+            double sum = 0.0;
+            for (int j = 0; j < n_keys; j++) {
+                att[j] = std::exp(att[j] - max_score);
+                sum += att[j];
+            }
+            const float inv_sum = (float)(1.0 / sum);
+            float* out = s_.att_out.data() + (size_t)t * q_width + (size_t)h * hd;
+            std::fill(out, out + hd, 0.0f);
+            for (int j = 0; j < n_keys; j++) {
+                const uint16_t* v = kv_.v_at(layer, j) + kvh * hd;
+                const float a = att[j] * inv_sum;
+                for (int i = 0; i < hd; i++) out[i] += a * fp16_to_fp32(v[i]);
+            }
+        }
+    });
+}
+
+const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits) {
+    const HParams& hp = m_.hp;
+    const ModelWeights& w = m_.w;
+    if (n < 1 || n > s_.n_batch) throw std::invalid_argument("forward: batch of " + std::to_string(n) + " tokens");
+    if (pos < 0 || pos + n > kv_.n_ctx) throw std::invalid_argument("forward: positions past the context");
+    ThreadPool& pool = (n > 1 && pool_batch_) ? *pool_batch_ : *pool_decode_;
+    const int64_t D = hp.n_embd;
+    const int q_width = hp.n_head * hp.head_dim;
+    const int kv_width = kv_.kv_width;
+    const float* rope_ff = w.rope_freq_factors.empty() ? nullptr : w.rope_freq_factors.data();
+
+    for (int t = 0; t < n; t++) embedding_row(w.token_embd, tokens[t], s_.x.data() + t * D);
+
+    for (int il = 0; il < hp.n_layer; il++) {
+        const LayerWeights& L = w.layers[il];
+
+        // ---- attention: h = x + Wo attn(norm(x)) ----
+        for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.attn_norm.data(), D, hp.rms_eps);
+        matmul(pool, L.wq, s_.xb.data(), s_.q.data(), n, s_.act);
+        matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act);
+        matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act);
+        for (int t = 0; t < n; t++) {
+            rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
+            rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
+            uint16_t* kc = kv_.k_at(il, pos + t);
+            uint16_t* vc = kv_.v_at(il, pos + t);
+            for (int i = 0; i < kv_width; i++) {
+                kc[i] = fp32_to_fp16(s_.k[(size_t)t * kv_width + i]);
+                vc[i] = fp32_to_fp16(s_.v[(size_t)t * kv_width + i]);
+            }
+        }
+        attention(pool, il, n, pos);
+        matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
+        for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+
+        // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
+        for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
+        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
+        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act);
+        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
+        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+        for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+    }
+
+    // ---- logits, only for the rows asked for ----
+    const int first = all_logits ? 0 : n - 1;
+    const int rows = n - first;
+    for (int t = 0; t < rows; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + (first + t) * D, w.output_norm.data(), D, hp.rms_eps);
+    matmul(pool, w.output, s_.xb.data(), s_.logits.data(), rows, s_.act);
+    return s_.logits.data();
+}
+
+}  // namespace ffnskip

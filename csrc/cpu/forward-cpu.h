@@ -1,0 +1,66 @@
+// The CPU forward pass: token ids in, logits out, KV cache updated.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cpu/thread-pool.h"
+#include "model/model.h"
+
+namespace ffnskip {
+
+// Keys and values of every layer for every position, stored as fp16 (as llama.cpp's
+// default cache type) to halve the memory that attention reads.
+struct KvCache {
+    int32_t n_ctx = 0;
+    int32_t n_layer = 0;
+    int32_t kv_width = 0;          // n_head_kv * head_dim
+    std::vector<uint16_t> k;       // (n_layer, n_ctx, kv_width)
+    std::vector<uint16_t> v;       // (n_layer, n_ctx, kv_width)
+    uint16_t* k_at(int layer, int pos) { return k.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
+    uint16_t* v_at(int layer, int pos) { return v.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
+};
+
+// Activation buffers for up to n_batch tokens, allocated once.
+struct RunState {
+    int32_t n_batch = 0;
+    std::vector<float> x;          // (n_batch, n_embd) residual stream
+    std::vector<float> xb;         // (n_batch, n_embd) normalised residual
+    std::vector<float> xb2;        // (n_batch, n_embd) block output, added to x
+    std::vector<float> q;          // (n_batch, n_head * head_dim)
+    std::vector<float> k;          // (n_batch, kv_width)
+    std::vector<float> v;          // (n_batch, kv_width)
+    std::vector<float> att_out;    // (n_batch, n_head * head_dim)
+    std::vector<float> scores;     // (n_threads, n_ctx) attention weights per thread
+    std::vector<float> hb;         // (n_batch, n_ff) gate, then silu(gate) * up
+    std::vector<float> hb2;        // (n_batch, n_ff) up
+    std::vector<float> logits;     // (n_batch, n_vocab)
+    std::vector<uint8_t> act;      // activations converted to a weight's vec_dot type
+};
+
+class CpuForward {
+  public:
+    CpuForward(const Model::Impl& model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+               int32_t n_threads_batch);
+
+    // Evaluates n tokens (1 <= n <= n_batch) at positions pos .. pos+n-1, writing their
+    // keys and values into the cache. Returns the logits of the last token, or of all
+    // n tokens (row-major) when all_logits; valid until the next call.
+    const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits);
+
+    int32_t n_ctx() const { return kv_.n_ctx; }
+    int32_t n_batch() const { return s_.n_batch; }
+    uint64_t kv_bytes() const { return (kv_.k.size() + kv_.v.size()) * sizeof(uint16_t); }
+
+  private:
+    void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
+
+    const Model::Impl& m_;
+    KvCache kv_;
+    RunState s_;
+    std::unique_ptr<ThreadPool> pool_decode_;
+    std::unique_ptr<ThreadPool> pool_batch_;   // null when it would equal pool_decode_
+};
+
+}  // namespace ffnskip

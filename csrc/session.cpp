@@ -1,0 +1,250 @@
+// Session: prompt processing, the decode loop, stop conditions and stats.
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "cpu/forward-cpu.h"
+#include "model/model.h"
+#include "sampling/sampler.h"
+#include "tokenizer/vocab.h"
+
+namespace ffnskip {
+
+namespace {
+double now_seconds() {
+    using clock = std::chrono::steady_clock;
+    return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+struct Session::Impl {
+    std::shared_ptr<const Model> model;
+    const Model::Impl& m;
+    SessionParams params;
+    std::unique_ptr<CpuForward> forward;
+    std::vector<int32_t> cache_tokens;   // tokens whose keys/values are in the cache, in order
+    std::vector<float> last_logits;      // (n_vocab)
+
+    // The generation in progress.
+    GenerateParams gen;
+    GenerateResult result;
+    std::unique_ptr<Sampler> sampler;
+    Utf8Stream utf8;
+    std::vector<int32_t> history;        // prompt + generated tokens, for the penalties
+    std::string held;                    // text held back: it may begin a stop string
+    bool running = false;
+    bool need_eval = false;              // the last sampled token is not in the cache yet
+    double decode_start = 0;
+
+    Impl(std::shared_ptr<const Model> mdl, const SessionParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
+
+    const float* eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits);
+    void finish(FinishReason reason, std::string& piece);
+    std::string release_text(bool at_end, bool* hit_stop);
+};
+
+Session::Session(std::shared_ptr<const Model> model, const SessionParams& params) {
+    if (!model) throw std::invalid_argument("Session needs a model");
+    const HParams& hp = model->hparams();
+    SessionParams p = params;
+    if (p.n_ctx < 0) throw std::invalid_argument("n_ctx must be >= 0 (0 = the model's, at most 4096), got " + std::to_string(p.n_ctx));
+    if (p.n_ctx == 0) p.n_ctx = std::min(hp.n_ctx_train, 4096);
+    if (p.n_ctx > (1 << 20)) throw std::invalid_argument("n_ctx " + std::to_string(p.n_ctx) + " is larger than 1048576");
+    if (p.n_threads < 0) throw std::invalid_argument("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
+    if (p.n_threads_batch < 0) throw std::invalid_argument("n_threads_batch must be >= 0, got " + std::to_string(p.n_threads_batch));
+    if (p.n_threads > 1024 || p.n_threads_batch > 1024) throw std::invalid_argument("n_threads is larger than 1024");
+    if (p.n_batch < 1) throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(p.n_batch));
+    if (p.n_threads == 0) p.n_threads = default_thread_count();
+    if (p.n_threads_batch == 0) p.n_threads_batch = p.n_threads;
+    p.n_batch = std::min(p.n_batch, p.n_ctx);
+    impl_ = std::make_unique<Impl>(std::move(model), p);
+    impl_->forward = std::make_unique<CpuForward>(impl_->m, p.n_ctx, p.n_batch, p.n_threads, p.n_threads_batch);
+    impl_->last_logits.assign(hp.n_vocab, 0.0f);
+}
+
+Session::~Session() = default;
+
+const Model& Session::model() const { return *impl_->model; }
+int32_t Session::n_ctx() const { return impl_->params.n_ctx; }
+int32_t Session::n_past() const { return (int32_t)impl_->cache_tokens.size(); }
+const std::vector<float>& Session::last_logits() const { return impl_->last_logits; }
+const GenerateResult& Session::result() const { return impl_->result; }
+bool Session::finished() const { return !impl_->running; }
+
+void Session::reset() {
+    impl_->cache_tokens.clear();
+    impl_->running = false;
+}
+
+const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits) {
+    const int32_t n_vocab = m.hp.n_vocab;
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is out of range [0, " + std::to_string(n_vocab) + ")");
+    if (cache_tokens.size() + n > (size_t)params.n_ctx)
+        throw std::invalid_argument(std::to_string(cache_tokens.size() + n) + " tokens do not fit in the context of " +
+                                    std::to_string(params.n_ctx) + " (n_ctx)");
+    if (all_logits) all_logits->resize(n * (size_t)n_vocab);
+    const float* logits = nullptr;
+    for (size_t done = 0; done < n;) {
+        const int32_t chunk = (int32_t)std::min<size_t>(n - done, (size_t)forward->n_batch());
+        logits = forward->forward(tokens + done, chunk, (int32_t)cache_tokens.size(), all_logits != nullptr);
+        if (all_logits) std::copy(logits, logits + (size_t)chunk * n_vocab, all_logits->data() + done * n_vocab);
+        cache_tokens.insert(cache_tokens.end(), tokens + done, tokens + done + chunk);
+        if (all_logits) logits += (size_t)(chunk - 1) * n_vocab;
+        done += chunk;
+    }
+    std::copy(logits, logits + n_vocab, last_logits.begin());
+    return last_logits.data();
+}
+
+const float* Session::eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits) {
+    if (tokens.empty()) throw std::invalid_argument("eval: no tokens");
+    impl_->running = false;
+    return impl_->eval(tokens.data(), tokens.size(), all_logits);
+}
+
+void Session::begin(const std::string& prompt, const GenerateParams& params) {
+    std::vector<int32_t> tokens = impl_->model->tokenize(prompt, params.add_special, params.parse_special);
+    begin_tokens(tokens, params);
+}
+
+void Session::begin_tokens(const std::vector<int32_t>& prompt_tokens, const GenerateParams& params) {
+    Impl& s = *impl_;
+    validate_sampling_params(params.sampling);
+    for (const std::string& stop : params.stop)
+        if (stop.empty()) throw std::invalid_argument("stop strings must not be empty");
+    if (prompt_tokens.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
+    if (prompt_tokens.size() > (size_t)s.params.n_ctx)
+        throw std::invalid_argument("the prompt has " + std::to_string(prompt_tokens.size()) +
+                                    " tokens, more than the context of " + std::to_string(s.params.n_ctx) + " (n_ctx)");
+    s.running = false;
+    s.gen = params;
+    s.result = GenerateResult{};
+    s.result.prompt_tokens = prompt_tokens;
+    s.sampler = std::make_unique<Sampler>(params.sampling, s.m.hp.n_vocab);
+    s.utf8 = Utf8Stream();
+    s.held.clear();
+    s.history = prompt_tokens;
+
+    // Reuse the longest cached prefix; at least one token is evaluated for its logits.
+    size_t common = 0;
+    while (common < s.cache_tokens.size() && common < prompt_tokens.size() && s.cache_tokens[common] == prompt_tokens[common]) common++;
+    if (common == prompt_tokens.size()) common--;
+    s.cache_tokens.resize(common);
+
+    const double t0 = now_seconds();
+    s.eval(prompt_tokens.data() + common, prompt_tokens.size() - common, nullptr);
+    const double t1 = now_seconds();
+    s.result.stats.n_cached_tokens = (int32_t)common;
+    s.result.stats.n_prompt_tokens = (int32_t)(prompt_tokens.size() - common);
+    s.result.stats.prompt_seconds = t1 - t0;
+    s.decode_start = t1;
+    s.need_eval = false;
+    s.running = true;
+    if (params.max_tokens == 0) {
+        std::string ignored;
+        s.finish(FinishReason::length, ignored);
+    }
+}
+
+// Returns the text that can be released now: everything except a tail that could
+// still grow into a stop string. Sets *hit_stop when a stop string is complete.
+std::string Session::Impl::release_text(bool at_end, bool* hit_stop) {
+    *hit_stop = false;
+    size_t cut = std::string::npos;
+    for (const std::string& stop : gen.stop) {
+        size_t at = held.find(stop);
+        if (at != std::string::npos && at < cut) cut = at;
+    }
+    if (cut != std::string::npos) {
+        *hit_stop = true;
+        std::string out = held.substr(0, cut);
+        held.clear();
+        return out;
+    }
+    size_t keep = 0;
+    if (!at_end) {
+        for (const std::string& stop : gen.stop)
+            for (size_t len = std::min(stop.size() - 1, held.size()); len > keep; len--)
+                if (held.compare(held.size() - len, len, stop, 0, len) == 0) {
+                    keep = len;
+                    break;
+                }
+    }
+    std::string out = held.substr(0, held.size() - keep);
+    held.erase(0, held.size() - keep);
+    return out;
+}
+
+void Session::Impl::finish(FinishReason reason, std::string& piece) {
+    if (reason != FinishReason::stop) {
+        held += utf8.flush();
+        bool hit = false;
+        piece += release_text(true, &hit);
+    }
+    result.text += piece;
+    result.finish_reason = reason;
+    result.stats.decode_seconds = now_seconds() - decode_start;
+    running = false;
+}
+
+bool Session::step(std::string& piece) {
+    Impl& s = *impl_;
+    piece.clear();
+    if (!s.running) return false;
+    GenerateResult& r = s.result;
+    if (s.need_eval) {
+        if (s.cache_tokens.size() >= (size_t)s.params.n_ctx) {
+            s.finish(FinishReason::context_full, piece);
+            return false;
+        }
+        int32_t last = r.tokens.back();
+        s.eval(&last, 1, nullptr);
+        s.need_eval = false;
+    }
+    const int32_t token = s.sampler->sample(s.last_logits.data(), s.history);
+    r.tokens.push_back(token);
+    s.history.push_back(token);
+    r.stats.n_generated++;
+    if (!s.gen.ignore_eos && s.model->token_is_eog(token)) {
+        s.finish(FinishReason::eos, piece);
+        return false;
+    }
+    s.held += s.utf8.push(s.model->token_to_piece(token, false));
+    bool hit_stop = false;
+    piece = s.release_text(false, &hit_stop);
+    if (hit_stop) {
+        s.finish(FinishReason::stop, piece);
+        return false;
+    }
+    if (s.gen.max_tokens >= 0 && r.stats.n_generated >= s.gen.max_tokens) {
+        s.finish(FinishReason::length, piece);
+        return false;
+    }
+    r.text += piece;
+    s.need_eval = true;
+    return true;
+}
+
+void Session::cancel() {
+    if (!impl_->running) return;
+    std::string piece;
+    impl_->finish(FinishReason::cancelled, piece);
+}
+
+GenerateResult Session::generate(const std::string& prompt, const GenerateParams& params, const TokenCallback& on_token) {
+    begin(prompt, params);
+    std::string piece;
+    bool more = !finished();
+    while (more) {
+        more = step(piece);
+        if (on_token && !on_token(piece, impl_->result.tokens.back()) && more) {
+            cancel();
+            more = false;
+        }
+    }
+    return impl_->result;
+}
+
+}  // namespace ffnskip

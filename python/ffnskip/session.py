@@ -1,0 +1,176 @@
+"""The Python face of a native session: streaming, generation, chat."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import _core
+
+
+@dataclass
+class Completion:
+    """What one generate() call produced."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: list[int]
+    finish_reason: str  # "length", "stop", "eos", "cancelled", "context_full"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+_SAMPLING_FIELDS = (
+    "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+    "frequency_penalty", "presence_penalty", "seed",
+)
+_GENERATE_FIELDS = ("max_tokens", "ignore_eos", "add_special", "parse_special")
+
+
+def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
+    return {
+        "n_prompt_tokens": stats.n_prompt_tokens,
+        "n_cached_tokens": stats.n_cached_tokens,
+        "n_generated": stats.n_generated,
+        "prompt_seconds": stats.prompt_seconds,
+        "decode_seconds": stats.decode_seconds,
+        "prompt_tokens_per_second": stats.prompt_tokens_per_second,
+        "decode_tokens_per_second": stats.decode_tokens_per_second,
+    }
+
+
+class Session:
+    """A model plus a KV cache and a sampler.
+
+    ``model`` is a GGUF path or a loaded :class:`ffnskip.Model` (share one Model
+    between sessions to load the weights once). A session is not thread-safe: use
+    one per thread.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | _core.Model,
+        *,
+        n_ctx: int = 0,
+        n_threads: int = 0,
+        n_threads_batch: int = 0,
+        n_batch: int = 512,
+    ) -> None:
+        self.model = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model))
+        params = _core.SessionParams()
+        params.n_ctx = n_ctx
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads_batch
+        params.n_batch = n_batch
+        self._native = _core.Session(self.model, params)
+        self.last_stats: dict[str, Any] = {}
+        self.last_result: Completion | None = None
+
+    # ---- tokens -----------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.model.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens: Sequence[int], render_special: bool = True) -> str:
+        return self.model.detokenize(list(tokens), render_special)
+
+    @property
+    def n_ctx(self) -> int:
+        return self._native.n_ctx
+
+    @property
+    def n_past(self) -> int:
+        """Tokens held in the KV cache."""
+        return self._native.n_past
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self._native.reset()
+
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the KV cache and return the logits of the last one
+        (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab))."""
+        return self._native.eval(list(tokens), all_logits)
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The logits of the last evaluated position (a copy)."""
+        return self._native.last_logits
+
+    # ---- generation ---------------------------------------------------------------
+    def _params(self, kwargs: Mapping[str, Any]) -> _core.GenerateParams:
+        params = _core.GenerateParams()
+        sampling = _core.SamplingParams()
+        for key, value in kwargs.items():
+            if key in _SAMPLING_FIELDS:
+                if value is not None:
+                    setattr(sampling, key, value)
+            elif key in _GENERATE_FIELDS:
+                if value is not None:
+                    setattr(params, key, value)
+            elif key == "stop":
+                if value is not None:
+                    params.stop = [value] if isinstance(value, str) else list(value)
+            else:
+                raise TypeError(f"unknown generation argument {key!r}")
+        if params.max_tokens is not None and params.max_tokens < -1:
+            raise ValueError(f"max_tokens must be >= -1 (-1 = until the context is full), got {params.max_tokens}")
+        params.sampling = sampling
+        return params
+
+    def _begin(self, prompt: str | Sequence[int], params: _core.GenerateParams) -> None:
+        if isinstance(prompt, str):
+            self._native.begin(prompt, params)
+        else:
+            self._native.begin_tokens(list(prompt), params)
+
+    def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
+        """Generate text piece by piece. ``prompt`` is text or token ids.
+
+        Keyword arguments: max_tokens (128), temperature (0.8; 0 = greedy), top_k (40),
+        top_p (0.95), min_p (0.05), repeat_penalty (1.0), repeat_last_n (64),
+        frequency_penalty, presence_penalty, seed (-1 = random), stop (str or list),
+        ignore_eos, add_special, parse_special. Breaking out of the loop (or closing
+        the generator) stops decoding.
+        """
+        params = self._params(kwargs)
+        self._begin(prompt, params)
+        return self._pieces()
+
+    def _pieces(self) -> Iterator[str]:
+        native = self._native
+        try:
+            more = not native.finished
+            while more:
+                more, piece = native.step()
+                if piece:
+                    # Native pieces hold whole UTF-8 characters only.
+                    yield piece.decode("utf-8", errors="replace")
+        finally:
+            if not native.finished:
+                native.cancel()
+            self._record()
+
+    def _record(self) -> Completion:
+        r = self._native.result()
+        self.last_stats = _stats_dict(r.stats)
+        self.last_result = Completion(r.text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
+        return self.last_result
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion:
+        """Generate to completion; same arguments as :meth:`stream`."""
+        for _ in self.stream(prompt, **kwargs):
+            pass
+        assert self.last_result is not None
+        return self.last_result
+
+    # ---- chat -----------------------------------------------------------------------
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool = False,
+             add_generation_prompt: bool = True, **kwargs: Any) -> Completion | Iterator[str]:
+        """Render ``messages`` with the model's chat template and generate the reply."""
+        from .chat import render_chat
+
+        prompt = render_chat(self.model, messages, add_generation_prompt=add_generation_prompt)
+        kwargs.setdefault("parse_special", True)
+        kwargs.setdefault("add_special", False)
+        return self.stream(prompt, **kwargs) if stream else self.generate(prompt, **kwargs)
