@@ -25,5 +25,12 @@ function(ffnskip_simd_sources target)
     elseif(src MATCHES "-avx512\\.cpp$")
       set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512vnni;-mavx2;-mfma;-mf16c")
     endif()
+    # Block formats (csrc/quant) round every float operation as written: the scalar
+    # decoder is bit-exact against gguf's numpy one, and a contracted multiply-add (the
+    # GNU default once FMA is enabled, e.g. -march=native) rounds once instead of twice.
+    # SIMD kernels there still use FMA where they call it explicitly.
+    if(NOT MSVC AND src MATCHES "/csrc/quant/[^/]*\\.cpp$")
+      set_property(SOURCE ${src} APPEND PROPERTY COMPILE_OPTIONS "-ffp-contract=off")
+    endif()
   endforeach()
 endfunction()

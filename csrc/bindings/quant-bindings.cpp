@@ -1,5 +1,152 @@
+// Block formats: test hooks (leading underscore) and the SIMD level.
+#include <pybind11/numpy.h>
+
+#include <cctype>
+#include <stdexcept>
+#include <string>
+
 #include "bindings/bindings.h"
+#include "quant/quant.h"
+
+namespace py = pybind11;
+using ffnskip::GgmlType;
 
 namespace ffnskip_py {
-void bind_quant(pybind11::module_& m) {}
+
+using float_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// "q4_k" or "Q4_K" -> GgmlType; ValueError for names this engine does not support.
+static GgmlType parse_type(const std::string& name) {
+    std::string up = name;
+    for (char& c : up) c = char(std::toupper(static_cast<unsigned char>(c)));
+    for (uint32_t raw = 0; raw <= 64; raw++) {
+        if (!ffnskip::type_is_supported(raw)) continue;
+        if (up == ffnskip::type_name(raw)) return GgmlType(raw);
+    }
+    throw std::invalid_argument("unknown or unsupported tensor type '" + name + "'");
+}
+
+// Row bytes for n elements, with the error phrased for Python callers.
+static size_t checked_row_size(GgmlType type, int64_t n, const char* what) {
+    if (n <= 0) throw std::invalid_argument(std::string(what) + ": n must be positive, got " + std::to_string(n));
+    return ffnskip::row_size(type, n);   // throws invalid_argument when n is not whole blocks
+}
+
+// Raw block bytes from any contiguous buffer of bytes (bytes, bytearray, uint8 arrays).
+static py::buffer_info byte_view(const py::buffer& b, const char* what) {
+    py::buffer_info info = b.request();
+    if (info.itemsize != 1) {
+        throw std::invalid_argument(std::string(what) + ": expected bytes or a uint8 array, got items of " +
+                                    std::to_string(info.itemsize) + " bytes");
+    }
+    py::ssize_t expect = 1;
+    for (py::ssize_t d = info.ndim - 1; d >= 0; d--) {
+        if (info.shape[d] != 1 && info.strides[d] != expect) {
+            throw std::invalid_argument(std::string(what) + ": the buffer must be contiguous");
+        }
+        expect *= info.shape[d];
+    }
+    return info;
+}
+
+static void check_bytes(const py::buffer_info& a, size_t expected, const char* what, GgmlType type, int64_t n) {
+    if (size_t(a.size) != expected) {
+        throw std::invalid_argument(std::string(what) + ": " + std::to_string(n) + " " +
+                                    ffnskip::type_traits(type).name + " elements take " + std::to_string(expected) +
+                                    " bytes, got " + std::to_string(a.size));
+    }
+}
+
+void bind_quant(py::module_& m) {
+    m.def("simd_level", &ffnskip::simd_level, "SIMD path used by the dot products: 'avx2' or 'scalar'.");
+
+    m.def(
+        "_type_info",
+        [](const std::string& name) {
+            const ffnskip::TypeTraits& t = ffnskip::type_traits(parse_type(name));
+            py::dict d;
+            d["name"] = t.name;
+            d["block_size"] = t.block_size;
+            d["type_size"] = t.type_size;
+            d["vec_dot_type"] = ffnskip::type_name(uint32_t(t.vec_dot_type));
+            return d;
+        },
+        py::arg("type"));
+
+    m.def(
+        "_type_name", [](uint32_t raw) { return std::string(ffnskip::type_name(raw)); }, py::arg("raw"));
+
+    m.def(
+        "_dequantize",
+        [](const std::string& name, const py::buffer& buf, int64_t n) {
+            const GgmlType type = parse_type(name);
+            const py::buffer_info data = byte_view(buf, "_dequantize");
+            check_bytes(data, checked_row_size(type, n, "_dequantize"), "_dequantize", type, n);
+            py::array_t<float> out(n);
+            ffnskip::dequantize_row(type, data.ptr, out.mutable_data(), n);
+            return out;
+        },
+        py::arg("type"), py::arg("data"), py::arg("n"));
+
+    m.def(
+        "_quantize",
+        [](const std::string& name, const float_array& x) {
+            const GgmlType type = parse_type(name);
+            const int64_t n = int64_t(x.size());
+            const size_t bytes = checked_row_size(type, n, "_quantize");
+            py::array_t<uint8_t> out(bytes);
+            ffnskip::quantize_row(type, x.data(), out.mutable_data(), n);
+            return out;
+        },
+        py::arg("type"), py::arg("x"));
+
+    m.def(
+        "_vec_dot",
+        [](const std::string& wname, const py::buffer& wbuf, const py::buffer& abuf, int64_t n, bool reference) {
+            const GgmlType wtype = parse_type(wname);
+            const GgmlType atype = ffnskip::type_traits(wtype).vec_dot_type;
+            const py::buffer_info w = byte_view(wbuf, "_vec_dot weights");
+            const py::buffer_info a = byte_view(abuf, "_vec_dot activations");
+            check_bytes(w, checked_row_size(wtype, n, "_vec_dot"), "_vec_dot weights", wtype, n);
+            check_bytes(a, checked_row_size(atype, n, "_vec_dot"), "_vec_dot activations", atype, n);
+            return reference ? ffnskip::vec_dot_reference(wtype, n, w.ptr, a.ptr)
+                             : ffnskip::vec_dot(wtype, n, w.ptr, a.ptr);
+        },
+        py::arg("wtype"), py::arg("w"), py::arg("a"), py::arg("n"), py::arg("reference") = false);
+
+    // fp16 / bf16 helpers over arrays (compared with numpy in the tests)
+    m.def(
+        "_fp32_to_fp16",
+        [](const float_array& x) {
+            py::array_t<uint16_t> out(x.size());
+            for (py::ssize_t i = 0; i < x.size(); i++) out.mutable_data()[i] = ffnskip::fp32_to_fp16(x.data()[i]);
+            return out;
+        },
+        py::arg("x"));
+    m.def(
+        "_fp16_to_fp32",
+        [](const py::array_t<uint16_t, py::array::c_style | py::array::forcecast>& h) {
+            py::array_t<float> out(h.size());
+            for (py::ssize_t i = 0; i < h.size(); i++) out.mutable_data()[i] = ffnskip::fp16_to_fp32(h.data()[i]);
+            return out;
+        },
+        py::arg("h"));
+    m.def(
+        "_fp32_to_bf16",
+        [](const float_array& x) {
+            py::array_t<uint16_t> out(x.size());
+            for (py::ssize_t i = 0; i < x.size(); i++) out.mutable_data()[i] = ffnskip::fp32_to_bf16(x.data()[i]);
+            return out;
+        },
+        py::arg("x"));
+    m.def(
+        "_bf16_to_fp32",
+        [](const py::array_t<uint16_t, py::array::c_style | py::array::forcecast>& h) {
+            py::array_t<float> out(h.size());
+            for (py::ssize_t i = 0; i < h.size(); i++) out.mutable_data()[i] = ffnskip::bf16_to_fp32(h.data()[i]);
+            return out;
+        },
+        py::arg("h"));
+}
+
 }  // namespace ffnskip_py

@@ -46,6 +46,13 @@ float vec_dot(GgmlType wtype, int64_t n, const void* w, const void* a);
 // The scalar reference of vec_dot (for tests).
 float vec_dot_reference(GgmlType wtype, int64_t n, const void* w, const void* a);
 
+// A dot-product kernel as vec_dot: n elements of w (a row of the weight type) times a
+// (the same row length in its vec_dot_type).
+using VecDotFn = float (*)(int64_t n, const void* w, const void* a);
+// The kernel vec_dot uses for `wtype` right now (honours set_force_scalar at the time of
+// the call), so matvec loops can hoist the type switch out of the row loop.
+VecDotFn vec_dot_fn(GgmlType wtype);
+
 // The SIMD level picked at run time: "avx512", "avx2" or "scalar".
 const char* simd_level();
 // Forces the scalar path (tests compare paths); returns the previous setting.

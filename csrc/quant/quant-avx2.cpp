@@ -1,0 +1,427 @@
+// AVX2 + FMA + F16C dot products. Compiled with -mavx2 -mfma -mf16c; only installed
+// by quant.cpp after a CPUID/XGETBV check. Integer formats multiply 8-bit quants with
+// _mm256_maddubs_epi16 (unsigned x signed bytes -> int16 pairs), widen with
+// _mm256_madd_epi16 (times 1 or a sub-block scale) and convert to float once per block.
+//
+// Bounds that keep maddubs from saturating: the activation side is always in
+// [-127, 127] (our quantizers never produce -128), and |weight quant| <= 128, so a pair
+// sums to at most 2 * 128 * 127 = 32512.
+//
+// Q8_1 and Q8_K weights use the scalar kernels.
+#include "quant/quant-impl.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+namespace ffnskip {
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+static inline __m256i combine128(__m128i lo, __m128i hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+// 16 bytes of packed nibbles -> 32 bytes: element j < 16 the low nibble of byte j,
+// element j + 16 the high one (the Q4_0/Q4_1/Q5_x order).
+static inline __m256i unpack_nibbles_32(const uint8_t* qs) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    return _mm256_and_si256(combine128(b, _mm_srli_epi16(b, 4)), _mm256_set1_epi8(0x0F));
+}
+
+// 32 bits (little-endian) -> 32 bytes, 0xFF where the bit is set.
+static inline __m256i bits_to_bytes_32(const uint8_t* p) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    // shuffle_epi8 works per 128-bit lane; the broadcast puts the 4 bytes in both lanes
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
+    const __m256i mask = _mm256_set1_epi64x(int64_t(0x8040201008040201ULL));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+}
+
+// Signed weight bytes x times activation bytes y, in int16 pairs: |x| * (y * sign(x)).
+static inline __m256i mul_i8_pairs16(__m256i x, __m256i y) {
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+static inline __m256i pairs16_to_32(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
+
+// int16 vector whose low 128-bit half is `a`, high half `b` (two 16-element sub-blocks).
+static inline __m256i scale_pair16(int a, int b) {
+    return combine128(_mm_set1_epi16(int16_t(a)), _mm_set1_epi16(int16_t(b)));
+}
+
+// ---- 32-element blocks -------------------------------------------------------------
+
+static float dot_q4_0_q8_0(int64_t n, const void* vw, const void* va) {
+    const block_q4_0* x = static_cast<const block_q4_0*>(vw);
+    const block_q8_0* y = static_cast<const block_q8_0*>(va);
+    const int64_t nb = n / QK8_0;
+    const __m256i off = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256i q0 = _mm256_sub_epi8(unpack_nibbles_32(x[i].qs), off);
+        const __m256i q1 = _mm256_sub_epi8(unpack_nibbles_32(x[i + 1].qs), off);
+        const __m256i s0 = pairs16_to_32(mul_i8_pairs16(q0, load256(y[i].qs)));
+        const __m256i s1 = pairs16_to_32(mul_i8_pairs16(q1, load256(y[i + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i q = _mm256_sub_epi8(unpack_nibbles_32(x[i].qs), off);
+        const __m256i s = pairs16_to_32(mul_i8_pairs16(q, load256(y[i].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static float dot_q4_1_q8_1(int64_t n, const void* vw, const void* va) {
+    const block_q4_1* x = static_cast<const block_q4_1*>(vw);
+    const block_q8_1* y = static_cast<const block_q8_1*>(va);
+    const int64_t nb = n / QK8_1;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = unpack_nibbles_32(x[i].qs);   // unsigned 0..15
+        const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(q, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
+        summs += h2f(x[i].m) * h2f(y[i].s);
+    }
+    return hsum_ps(acc) + summs;
+}
+
+static float dot_q5_0_q8_0(int64_t n, const void* vw, const void* va) {
+    const block_q5_0* x = static_cast<const block_q5_0*>(vw);
+    const block_q8_0* y = static_cast<const block_q8_0*>(va);
+    const int64_t nb = n / QK8_0;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        // q - 16 as a signed byte: a clear 5th bit sets the top nibble (0xF0 | q = q - 16)
+        const __m256i hi = _mm256_andnot_si256(bits_to_bytes_32(x[i].qh), _mm256_set1_epi8(int8_t(0xF0)));
+        const __m256i q = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);
+        const __m256i s = pairs16_to_32(mul_i8_pairs16(q, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
+    const block_q5_1* x = static_cast<const block_q5_1*>(vw);
+    const block_q8_1* y = static_cast<const block_q8_1*>(va);
+    const int64_t nb = n / QK8_1;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i hi = _mm256_and_si256(bits_to_bytes_32(x[i].qh), _mm256_set1_epi8(0x10));
+        const __m256i q = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);   // unsigned 0..31
+        const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(q, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
+        summs += h2f(x[i].m) * h2f(y[i].s);
+    }
+    return hsum_ps(acc) + summs;
+}
+
+static float dot_q8_0_q8_0(int64_t n, const void* vw, const void* va) {
+    const block_q8_0* x = static_cast<const block_q8_0*>(vw);
+    const block_q8_0* y = static_cast<const block_q8_0*>(va);
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256i s0 = pairs16_to_32(mul_i8_pairs16(load256(x[i].qs), load256(y[i].qs)));
+        const __m256i s1 = pairs16_to_32(mul_i8_pairs16(load256(x[i + 1].qs), load256(y[i + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i s = pairs16_to_32(mul_i8_pairs16(load256(x[i].qs), load256(y[i].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// ---- K-quants (256-element super-blocks against Q8_K) ---------------------------------
+
+// sum_j m[j] * (bsums[2j] + bsums[2j+1]) for the 8 per-32 mins of Q4_K / Q5_K.
+static inline int k4_mins_dot(const int16_t* bsums, const uint8_t* mins) {
+    const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bsums));
+    const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bsums + 8));
+    const __m128i pairs = _mm_hadd_epi16(b0, b1);   // 8 sums of 32
+    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
+    __m128i s = _mm_madd_epi16(pairs, m);
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline void k4_scales(const uint8_t* packed, uint8_t* sc, uint8_t* mn) {
+    for (int j = 0; j < 8; j++) get_scale_min_k4(j, packed, &sc[j], &mn[j]);
+}
+
+static float dot_q4_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q4_K* x = static_cast<const block_q4_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    float acc_m = 0.0f;
+    uint8_t sc[8], mn[8];
+    for (int64_t i = 0; i < nb; i++) {
+        k4_scales(x[i].scales, sc, mn);
+        acc_m += y[i].d * h2f(x[i].dmin) * float(k4_mins_dot(y[i].bsums, mn));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i qv = load256(x[i].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(qv, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            const __m256i p0 = _mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c));
+            const __m256i p1 = _mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - acc_m;
+}
+
+static float dot_q5_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q5_K* x = static_cast<const block_q5_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    float acc_m = 0.0f;
+    uint8_t sc[8], mn[8];
+    for (int64_t i = 0; i < nb; i++) {
+        k4_scales(x[i].scales, sc, mn);
+        acc_m += y[i].d * h2f(x[i].dmin) * float(k4_mins_dot(y[i].bsums, mn));
+        // bit j of qh[l] is the 5th bit of sub-block j; shift it down to bit 0 two at a time
+        __m256i hbits = load256(x[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i qv = load256(x[i].qs + 32 * c);
+            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(hbits, one), 4);
+            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 4);
+            hbits = _mm256_srli_epi16(hbits, 2);
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(qv, m4), h0);
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), h1);
+            const __m256i p0 = _mm256_maddubs_epi16(q0, load256(y[i].qs + 64 * c));
+            const __m256i p1 = _mm256_maddubs_epi16(q1, load256(y[i].qs + 64 * c + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - acc_m;
+}
+
+static float dot_q6_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q6_K* x = static_cast<const block_q6_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const int8_t* sc = x[i].scales;
+        // quants are stored as q + 32 (0..63): subtract 32 * sum_j sc[j] * bsums[j] at the end
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y[i].bsums)), 5);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i a = load256(x[i].ql + 64 * h);
+            const __m256i b = load256(x[i].ql + 64 * h + 32);
+            const __m256i qh = load256(x[i].qh + 32 * h);
+            const int8_t* q8 = y[i].qs + 128 * h;
+            const int8_t* s = sc + 8 * h;
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(b, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load256(q8)), scale_pair16(s[0], s[1]));
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load256(q8 + 32)), scale_pair16(s[2], s[3]));
+            const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load256(q8 + 64)), scale_pair16(s[4], s[5]));
+            const __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load256(q8 + 96)), scale_pair16(s[6], s[7]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+        }
+        sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float dot_q2_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q2_K* x = static_cast<const block_q2_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const int64_t nb = n / QK_K;
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+    float acc_m = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[i].scales));
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F)));
+        const int summs = hsum_epi32(_mm256_madd_epi16(mins16, load256(y[i].bsums)));
+        acc_m += y[i].d * h2f(x[i].dmin) * float(summs);
+        const uint8_t* sc = x[i].scales;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i qv = load256(x[i].qs + 32 * h);
+            const int8_t* q8 = y[i].qs + 128 * h;
+            for (int s = 0; s < 4; s++) {
+                const __m256i q = _mm256_and_si256(qv, m2);
+                qv = _mm256_srli_epi16(qv, 2);
+                const int j = 8 * h + 2 * s;
+                const __m256i p = _mm256_maddubs_epi16(q, load256(q8 + 32 * s));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair16(sc[j] & 0xF, sc[j + 1] & 0xF)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - acc_m;
+}
+
+static float dot_q3_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q3_K* x = static_cast<const block_q3_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const int64_t nb = n / QK_K;
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    const __m256i one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    int sc[16];
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t* p = x[i].scales;
+        for (int j = 0; j < 16; j++) {
+            const int lo = j < 8 ? (p[j] & 0xF) : (p[j - 8] >> 4);
+            sc[j] = (lo | (((p[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        }
+        __m256i hbits = load256(x[i].hmask);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i qv = load256(x[i].qs + 32 * h);
+            const int8_t* q8 = y[i].qs + 128 * h;
+            for (int s = 0; s < 4; s++) {
+                // q = low 2 bits - 4 where the high bit is clear: -4..3
+                const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, one), _mm256_setzero_si256());
+                hbits = _mm256_srli_epi16(hbits, 1);
+                const __m256i q = _mm256_sub_epi8(_mm256_and_si256(qv, m2), _mm256_and_si256(clear, _mm256_set1_epi8(4)));
+                qv = _mm256_srli_epi16(qv, 2);
+                const int j = 8 * h + 2 * s;
+                const __m256i pr = mul_i8_pairs16(q, load256(q8 + 32 * s));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pr, scale_pair16(sc[j], sc[j + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+// ---- float formats (float accumulators; the scalar reference sums in double) -----------
+
+static float dot_f32(int64_t n, const void* vw, const void* va) {
+    const float* x = static_cast<const float*>(vw);
+    const float* y = static_cast<const float*>(va);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += x[i] * y[i];
+    return sum;
+}
+
+static inline __m256 load_f16x8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+static float dot_f16(int64_t n, const void* vw, const void* va) {
+    const uint16_t* x = static_cast<const uint16_t*>(vw);
+    const uint16_t* y = static_cast<const uint16_t*>(va);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+    return sum;
+}
+
+static inline __m256 load_bf16x8(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+static float dot_bf16(int64_t n, const void* vw, const void* va) {
+    const uint16_t* x = static_cast<const uint16_t*>(vw);
+    const uint16_t* y = static_cast<const uint16_t*>(va);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), load_bf16x8(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), load_bf16x8(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), load_bf16x8(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += bf16_bits_to_float(x[i]) * bf16_bits_to_float(y[i]);
+    return sum;
+}
+
+bool quant_avx2_kernels(QuantKernels* k) {
+    k->vec_dot[int(GgmlType::F32)] = dot_f32;
+    k->vec_dot[int(GgmlType::F16)] = dot_f16;
+    k->vec_dot[int(GgmlType::BF16)] = dot_bf16;
+    k->vec_dot[int(GgmlType::Q4_0)] = dot_q4_0_q8_0;
+    k->vec_dot[int(GgmlType::Q4_1)] = dot_q4_1_q8_1;
+    k->vec_dot[int(GgmlType::Q5_0)] = dot_q5_0_q8_0;
+    k->vec_dot[int(GgmlType::Q5_1)] = dot_q5_1_q8_1;
+    k->vec_dot[int(GgmlType::Q8_0)] = dot_q8_0_q8_0;
+    k->vec_dot[int(GgmlType::Q2_K)] = dot_q2_K_q8_K;
+    k->vec_dot[int(GgmlType::Q3_K)] = dot_q3_K_q8_K;
+    k->vec_dot[int(GgmlType::Q4_K)] = dot_q4_K_q8_K;
+    k->vec_dot[int(GgmlType::Q5_K)] = dot_q5_K_q8_K;
+    k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
+    return true;
+}
+
+}  // namespace ffnskip
+
+#else  // the compiler cannot target AVX2 here: keep the scalar kernels
+
+namespace ffnskip {
+bool quant_avx2_kernels(QuantKernels*) { return false; }
+}  // namespace ffnskip
+
+#endif
