@@ -379,3 +379,47 @@ def test_bad_arguments_raise_value_error():
         core._dequantize("Q4_0", np.zeros(36, np.uint8)[::2], 32)
     # bytes objects are accepted as well
     assert core._dequantize("F32", np.float32(1.5).tobytes(), 1)[0] == 1.5
+
+
+# ---- real weights ------------------------------------------------------------------------
+
+def shared_dir():
+    import os
+    from pathlib import Path
+    env = os.environ.get("FFNSKIP_SHARED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+def test_real_tensors_decode_and_dot():
+    """Tensors of llama.cpp's Q4_K_M SmolLM2 (Q5_0, Q4_K, Q6_K, Q8_0, F32): exact decode
+    against gguf, and dot products against float64."""
+    path = shared_dir() / "models" / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    if not path.exists():
+        pytest.skip(f"real model not found: {path}")
+    reader = gguf.GGUFReader(str(path))
+    rng = np.random.default_rng(11)
+    seen = {}
+    for t in reader.tensors:
+        tname = T(int(t.tensor_type)).name
+        if tname not in BLOCK or seen.get(tname, 0) >= 2:
+            continue
+        seen[tname] = seen.get(tname, 0) + 1
+        n = int(t.shape[0])   # GGUF order: the row length comes first
+        data = np.asarray(t.data).view(np.uint8).reshape(-1)
+        row_bytes = n // BLOCK[tname][0] * BLOCK[tname][1]
+        rows = min(8, data.size // row_bytes)
+        for r in range(rows):
+            w = data[r * row_bytes:(r + 1) * row_bytes]
+            ours = core._dequantize(tname, w, n)
+            ref = reference_dequantize(tname, w)
+            np.testing.assert_array_equal(bits(ours), bits(ref))
+            act = VEC_DOT_TYPE[tname]
+            a = core._quantize(act, rng.standard_normal(n).astype(np.float32))
+            av = activation_values(act, a)
+            exact = float(np.dot(ref.astype(np.float64), av))
+            scale = float(np.dot(np.abs(ref).astype(np.float64), np.abs(av))) + 1e-30
+            assert abs(core._vec_dot(tname, w, a, n) - exact) <= 2e-5 * scale
+            assert abs(core._vec_dot(tname, w, a, n, reference=True) - exact) <= 2e-5 * scale
+    assert {"Q5_0", "Q4_K", "Q6_K", "Q8_0"} <= set(seen), seen
