@@ -60,6 +60,9 @@ static void check_bytes(const py::buffer_info& a, size_t expected, const char* w
 void bind_quant(py::module_& m) {
     m.def("simd_level", &ffnskip::simd_level, "SIMD path used by the dot products: 'avx2' or 'scalar'.");
 
+    m.def("_set_force_scalar", &ffnskip::set_force_scalar, py::arg("force"),
+          "Force the scalar dot products (tests compare paths); returns the previous setting.");
+
     m.def(
         "_type_info",
         [](const std::string& name) {

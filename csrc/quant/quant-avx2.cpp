@@ -93,34 +93,63 @@ static float dot_q4_0_q8_0(int64_t n, const void* vw, const void* va) {
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+// (d, m) of a weight block and (d, s) of a Q8_1 block are adjacent fp16 pairs: one
+// conversion each gives [dx*dy, mx*sy] for a block.
+static inline __m128 dm_products(const uint16_t* wdm, const uint16_t* ads) {
+    uint32_t w, a;
+    std::memcpy(&w, wdm, 4);
+    std::memcpy(&a, ads, 4);
+    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(int(w))), _mm_cvtph_ps(_mm_cvtsi32_si128(int(a))));
+}
+
 static float dot_q4_1_q8_1(int64_t n, const void* vw, const void* va) {
     const block_q4_1* x = static_cast<const block_q4_1*>(vw);
     const block_q8_1* y = static_cast<const block_q8_1*>(va);
     const int64_t nb = n / QK8_1;
-    __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        const __m256i q = unpack_nibbles_32(x[i].qs);   // unsigned 0..15
-        const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(q, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
-        summs += h2f(x[i].m) * h2f(y[i].s);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();   // lane 1 collects m * s
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m128 p0 = dm_products(&x[i].d, &y[i].d);
+        const __m128 p1 = dm_products(&x[i + 1].d, &y[i + 1].d);
+        const __m256i s0 = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i].qs), load256(y[i].qs)));
+        const __m256i s1 = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i + 1].qs), load256(y[i + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p1), _mm256_cvtepi32_ps(s1), acc1);
+        acc_m = _mm_add_ps(acc_m, _mm_add_ps(p0, p1));
     }
-    return hsum_ps(acc) + summs;
+    for (; i < nb; i++) {
+        const __m128 p = dm_products(&x[i].d, &y[i].d);
+        const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i].qs), load256(y[i].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc0);
+        acc_m = _mm_add_ps(acc_m, p);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
+}
+
+// Q5_0 quants as signed bytes q - 16: a clear 5th bit sets the top nibble (0xF0 | q = q - 16).
+static inline __m256i q5_0_quants(const block_q5_0* b) {
+    const __m256i hi = _mm256_andnot_si256(bits_to_bytes_32(b->qh), _mm256_set1_epi8(int8_t(0xF0)));
+    return _mm256_or_si256(unpack_nibbles_32(b->qs), hi);
 }
 
 static float dot_q5_0_q8_0(int64_t n, const void* vw, const void* va) {
     const block_q5_0* x = static_cast<const block_q5_0*>(vw);
     const block_q8_0* y = static_cast<const block_q8_0*>(va);
     const int64_t nb = n / QK8_0;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        // q - 16 as a signed byte: a clear 5th bit sets the top nibble (0xF0 | q = q - 16)
-        const __m256i hi = _mm256_andnot_si256(bits_to_bytes_32(x[i].qh), _mm256_set1_epi8(int8_t(0xF0)));
-        const __m256i q = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);
-        const __m256i s = pairs16_to_32(mul_i8_pairs16(q, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256i s0 = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i]), load256(y[i].qs)));
+        const __m256i s1 = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i + 1]), load256(y[i + 1].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(s1), acc1);
     }
-    return hsum_ps(acc);
+    for (; i < nb; i++) {
+        const __m256i s = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i]), load256(y[i].qs)));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
@@ -128,15 +157,16 @@ static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
     const block_q8_1* y = static_cast<const block_q8_1*>(va);
     const int64_t nb = n / QK8_1;
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
+    __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
+        const __m128 p = dm_products(&x[i].d, &y[i].d);
         const __m256i hi = _mm256_and_si256(bits_to_bytes_32(x[i].qh), _mm256_set1_epi8(0x10));
         const __m256i q = _mm256_or_si256(unpack_nibbles_32(x[i].qs), hi);   // unsigned 0..31
         const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(q, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc);
-        summs += h2f(x[i].m) * h2f(y[i].s);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc);
+        acc_m = _mm_add_ps(acc_m, p);
     }
-    return hsum_ps(acc) + summs;
+    return hsum_ps(acc) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
 }
 
 static float dot_q8_0_q8_0(int64_t n, const void* vw, const void* va) {
@@ -172,8 +202,22 @@ static inline int k4_mins_dot(const int16_t* bsums, const uint8_t* mins) {
     return _mm_cvtsi128_si32(s);
 }
 
+// The 12 packed bytes as little-endian words w0..w2: scales 0-3 are the low 6 bits of
+// w0's bytes, mins 0-3 of w1's; scales 4-7 are the low nibbles of w2 with the top 2 bits
+// of w0 above them, mins 4-7 the high nibbles of w2 with the top 2 bits of w1. Same
+// values as get_scale_min_k4, without branches.
 static inline void k4_scales(const uint8_t* packed, uint8_t* sc, uint8_t* mn) {
-    for (int j = 0; j < 8; j++) get_scale_min_k4(j, packed, &sc[j], &mn[j]);
+    uint32_t w[3];
+    std::memcpy(w, packed, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t out[4] = {
+        w[0] & m6,
+        (w[2] & m4) | (((w[0] >> 6) & m2) << 4),
+        w[1] & m6,
+        ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4),
+    };
+    std::memcpy(sc, out, 8);
+    std::memcpy(mn, out + 2, 8);
 }
 
 static float dot_q4_K_q8_K(int64_t n, const void* vw, const void* va) {
