@@ -58,7 +58,11 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
             const int t = (int)(task / hp.n_head), h = (int)(task % hp.n_head);
             const int kvh = h / group;
             const int n_keys = pos + t + 1;
-            const float* q = s_.q.data() + (size_t)t * q_width + (size_t)h * hd;
+            // The query is rounded to fp16 like the cached keys, as llama.cpp's
+            // F16-cache attention does; matching it keeps greedy output identical.
+            float q[1024];
+            const float* q32 = s_.q.data() + (size_t)t * q_width + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) q[i] = fp16_to_fp32(fp32_to_fp16(q32[i]));
             float max_score = -INFINITY;
             for (int j = 0; j < n_keys; j++) {
                 const uint16_t* k = kv_.k_at(layer, j) + kvh * hd;

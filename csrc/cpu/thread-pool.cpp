@@ -26,10 +26,11 @@ void ThreadPool::worker(int index) {
         // Spin briefly: decode issues a job every few microseconds, and a sleeping
         // thread costs far more to wake than a short spin.
         uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < 20000; spin++) {
+        for (int spin = 0; gen == seen && spin < 4000; spin++) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
+            if (spin % 256 == 255) sched_yield();
             gen = generation_.load(std::memory_order_acquire);
         }
         if (gen == seen) {
@@ -62,9 +63,12 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
     }
     wake_.notify_all();
     fn(0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) {
+    // Yield now and then: on an oversubscribed machine the worker we wait for may
+    // need this very core.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; spin++) {
+        if (spin % 256 == 255) sched_yield();
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+        else __builtin_ia32_pause();
 #endif
     }
 }
