@@ -3,6 +3,7 @@ ids, special tokens, detokenization, UTF-8 streaming and metadata validation."""
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 import pathlib
@@ -61,20 +62,27 @@ def tokenizer(path) -> "_core.Tokenizer":
     return _tokenizers[path]
 
 
-def token_id(path, text: str) -> int:
-    """The id of a token by its text, read with the gguf package."""
+@functools.lru_cache(maxsize=None)
+def gguf_vocab(path) -> tuple[dict, dict]:
+    """Token text -> id, and the scalar tokenizer metadata, read with the gguf package."""
     reader = gguf.GGUFReader(str(path))
     field = reader.fields["tokenizer.ggml.tokens"]
+    ids = {}
     for i, idx in enumerate(field.data):
-        if bytes(field.parts[idx]).decode("utf-8") == text:
-            return i
-    raise KeyError(text)
+        ids.setdefault(bytes(field.parts[idx]).decode("utf-8"), i)
+    scalars = {}
+    for key, f in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith("_id"):
+            scalars[key] = int(f.parts[f.data[0]][0])
+    return ids, scalars
+
+
+def token_id(path, text: str) -> int:
+    return gguf_vocab(path)[0][text]
 
 
 def metadata(path, key):
-    reader = gguf.GGUFReader(str(path))
-    field = reader.fields[key]
-    return field.contents() if hasattr(field, "contents") else field.parts[field.data[0]][0]
+    return gguf_vocab(path)[1][key]
 
 
 @pytest.mark.parametrize("path,index,text,ids", vocab_cases())
