@@ -33,8 +33,9 @@ class Vocab {
     // The bytes a token stands for (may be part of a UTF-8 sequence). Control tokens
     // render as their text only when render_special.
     virtual std::string token_to_piece(int32_t id, bool render_special) const = 0;
-    // Concatenated pieces; for SentencePiece the leading space that add_space_prefix
-    // added is removed from the first token.
+    // Concatenated pieces; the leading space that add_space_prefix added is removed
+    // from the first token, and vocabularies whose pre-tokenizer llama.cpp cleans
+    // (gpt-2, llama3, starcoder, ...) lose the space before , . ! ? 's 'm 're 've.
     virtual std::string detokenize(const std::vector<int32_t>& ids, bool render_special) const;
 
     int32_t n_tokens() const { return (int32_t)texts_.size(); }
