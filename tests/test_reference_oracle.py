@@ -90,8 +90,10 @@ def test_far_from_quantized_activations(oracle, shared_dir):
 def test_greedy_matches_llama_cpp(oracle, shared_dir):
     """The oracle's own greedy loop (batch prompt, then one token at a time) gives llama.cpp's text."""
     ref = _load(shared_dir, "greedy_f32.json")
-    for key, p in ref["prompts"].items():
-        want = p["generated_ids"]
+    # b and e hold the nearest ties (top-2 gaps 0.0037 at step 12, 0.008 at step 21)
+    for key in ("b", "e"):
+        p = ref["prompts"][key]
+        want = p["generated_ids"][:24]
         got = oracle.greedy(p["prompt_ids_in_generation"], len(want))
         n_same = 0
         while n_same < min(len(got), len(want)) and got[n_same] == want[n_same]:
