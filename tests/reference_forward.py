@@ -50,7 +50,9 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+    # x * sigmoid(x), with sigmoid via tanh so large |x| cannot overflow
+    x64 = x.astype(np.float64)
+    return (x64 * 0.5 * (1.0 + np.tanh(0.5 * x64))).astype(np.float32)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
