@@ -1,11 +1,13 @@
 // Session: prompt processing, the decode loop, stop conditions and stats.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 
 #include "cpu/forward-cpu.h"
 #include "model/model.h"
 #include "sampling/sampler.h"
+#include "skip/skip-policy.h"
 #include "tokenizer/vocab.h"
 
 namespace ffnskip {
@@ -29,8 +31,11 @@ struct Session::Impl {
     GenerateParams gen;
     GenerateResult result;
     std::unique_ptr<Sampler> sampler;
+    std::unique_ptr<SkipSchedule> skip;
     Utf8Stream utf8;
     std::vector<int32_t> history;        // prompt + generated tokens, for the penalties
+    size_t n_clean = 0;                  // leading cache entries computed by the full model:
+                                         // only those may be reused by a later prompt
     std::string held;                    // text held back: it may begin a stop string
     bool running = false;
     bool need_eval = false;              // the last sampled token is not in the cache yet
@@ -38,7 +43,9 @@ struct Session::Impl {
 
     Impl(std::shared_ptr<const Model> mdl, const SessionParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
 
-    const float* eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits);
+    const float* eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits, SkipSchedule* sched = nullptr);
+    // One decode step g: the skip policy decides which blocks run.
+    const float* decode_step(int32_t token, int32_t g, SkipSchedule& sched);
     void finish(FinishReason reason, std::string& piece);
     std::string release_text(bool at_end, bool* hit_stop);
 };
@@ -73,10 +80,59 @@ bool Session::finished() const { return !impl_->running; }
 
 void Session::reset() {
     impl_->cache_tokens.clear();
+    impl_->n_clean = 0;
     impl_->running = false;
 }
 
-const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits) {
+const SkipConfig& Session::skip_config() const { return impl_->params.skip; }
+
+void Session::set_skip_config(const SkipConfig& skip) {
+    SkipSchedule check(skip, impl_->m.hp.n_layer, impl_->params.n_ctx);   // validates
+    impl_->params.skip = skip;
+}
+
+double Session::score_continuation(const std::vector<int32_t>& prompt, const std::vector<int32_t>& continuation,
+                                   const SkipConfig& skip, SkipStats* stats) {
+    Impl& s = *impl_;
+    if (prompt.empty()) throw std::invalid_argument("score_continuation: the prompt is empty");
+    if (prompt.size() + continuation.size() > (size_t)s.params.n_ctx + 1)
+        throw std::invalid_argument("score_continuation: " + std::to_string(prompt.size() + continuation.size()) +
+                                    " tokens do not fit in the context of " + std::to_string(s.params.n_ctx));
+    SkipSchedule sched(skip, s.m.hp.n_layer, s.params.n_ctx);
+    s.running = false;
+    s.cache_tokens.clear();
+    s.n_clean = 0;
+    const float* logits = s.eval(prompt.data(), prompt.size(), nullptr, &sched);
+    double nll = 0.0;
+    const int32_t n_vocab = s.m.hp.n_vocab;
+    for (size_t i = 0; i < continuation.size(); i++) {
+        const int32_t target = continuation[i];
+        if (target < 0 || target >= n_vocab) throw std::invalid_argument("token id " + std::to_string(target) + " is out of range");
+        float mx = logits[0];
+        for (int32_t v = 1; v < n_vocab; v++) mx = std::max(mx, logits[v]);
+        double sum = 0.0;
+        for (int32_t v = 0; v < n_vocab; v++) sum += std::exp((double)logits[v] - mx);
+        nll += std::log(sum) - ((double)logits[target] - mx);
+        if (i + 1 < continuation.size()) logits = s.decode_step(target, (int32_t)i, sched);
+    }
+    if (stats) *stats = sched.stats();
+    return nll;
+}
+
+const float* Session::Impl::decode_step(int32_t token, int32_t g, SkipSchedule& sched) {
+    if (token < 0 || token >= m.hp.n_vocab) throw std::invalid_argument("token id " + std::to_string(token) + " is out of range");
+    if (cache_tokens.size() >= (size_t)params.n_ctx) throw std::invalid_argument("the context is full");
+    sched.begin_step(g);
+    const float* logits = forward->forward(&token, 1, (int32_t)cache_tokens.size(), false, &sched, true);
+    const bool clean = n_clean == cache_tokens.size() && !sched.step_skipped_anything();
+    sched.end_step();
+    cache_tokens.push_back(token);
+    if (clean) n_clean = cache_tokens.size();
+    std::copy(logits, logits + m.hp.n_vocab, last_logits.begin());
+    return last_logits.data();
+}
+
+const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits, SkipSchedule* sched) {
     const int32_t n_vocab = m.hp.n_vocab;
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
@@ -88,9 +144,11 @@ const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<fl
     const float* logits = nullptr;
     for (size_t done = 0; done < n;) {
         const int32_t chunk = (int32_t)std::min<size_t>(n - done, (size_t)forward->n_batch());
-        logits = forward->forward(tokens + done, chunk, (int32_t)cache_tokens.size(), all_logits != nullptr);
+        logits = forward->forward(tokens + done, chunk, (int32_t)cache_tokens.size(), all_logits != nullptr, sched, false);
         if (all_logits) std::copy(logits, logits + (size_t)chunk * n_vocab, all_logits->data() + done * n_vocab);
+        const bool clean = n_clean == cache_tokens.size() && (!sched || !sched->prunes_prompt());
         cache_tokens.insert(cache_tokens.end(), tokens + done, tokens + done + chunk);
+        if (clean) n_clean = cache_tokens.size();
         if (all_logits) logits += (size_t)(chunk - 1) * n_vocab;
         done += chunk;
     }
@@ -123,18 +181,23 @@ void Session::begin_tokens(const std::vector<int32_t>& prompt_tokens, const Gene
     s.result = GenerateResult{};
     s.result.prompt_tokens = prompt_tokens;
     s.sampler = std::make_unique<Sampler>(params.sampling, s.m.hp.n_vocab);
+    s.skip = std::make_unique<SkipSchedule>(params.use_session_skip ? s.params.skip : params.skip, s.m.hp.n_layer, s.params.n_ctx);
     s.utf8 = Utf8Stream();
     s.held.clear();
     s.history = prompt_tokens;
 
-    // Reuse the longest cached prefix; at least one token is evaluated for its logits.
+    // Reuse the longest cached prefix that the full model computed (a pruned prompt or
+    // a skipping decode step gives other keys and values); at least one token is
+    // evaluated for its logits.
+    size_t reusable = s.skip->prunes_prompt() ? 0 : std::min(s.n_clean, s.cache_tokens.size());
     size_t common = 0;
-    while (common < s.cache_tokens.size() && common < prompt_tokens.size() && s.cache_tokens[common] == prompt_tokens[common]) common++;
+    while (common < reusable && common < prompt_tokens.size() && s.cache_tokens[common] == prompt_tokens[common]) common++;
     if (common == prompt_tokens.size()) common--;
     s.cache_tokens.resize(common);
+    s.n_clean = std::min(s.n_clean, common);
 
     const double t0 = now_seconds();
-    s.eval(prompt_tokens.data() + common, prompt_tokens.size() - common, nullptr);
+    s.eval(prompt_tokens.data() + common, prompt_tokens.size() - common, nullptr, s.skip.get());
     const double t1 = now_seconds();
     s.result.stats.n_cached_tokens = (int32_t)common;
     s.result.stats.n_prompt_tokens = (int32_t)(prompt_tokens.size() - common);
@@ -186,6 +249,7 @@ void Session::Impl::finish(FinishReason reason, std::string& piece) {
     result.text += piece;
     result.finish_reason = reason;
     result.stats.decode_seconds = now_seconds() - decode_start;
+    if (skip) result.stats.skip = skip->stats();
     running = false;
 }
 
@@ -199,8 +263,7 @@ bool Session::step(std::string& piece) {
             s.finish(FinishReason::context_full, piece);
             return false;
         }
-        int32_t last = r.tokens.back();
-        s.eval(&last, 1, nullptr);
+        s.decode_step(r.tokens.back(), (int32_t)r.tokens.size() - 1, *s.skip);
         s.need_eval = false;
     }
     const int32_t token = s.sampler->sample(s.last_logits.data(), s.history);

@@ -81,12 +81,53 @@ void bind_model(py::module_& m) {
         }, py::arg("tokens"), py::arg("render_special") = true)
         .def("is_eog", &Model::token_is_eog, py::arg("token"));
 
+    py::class_<SkipConfig>(m, "SkipConfig")
+        .def(py::init<>())
+        .def_property("policy", [](const SkipConfig& c) { return std::string(skip_policy_name(c.policy)); },
+                      [](SkipConfig& c, const std::string& name) { c.policy = skip_policy_from_name(name); })
+        .def_readwrite("threshold", &SkipConfig::threshold)
+        .def_readwrite("cold_start", &SkipConfig::cold_start)
+        .def_readwrite("cold_end", &SkipConfig::cold_end)
+        .def_readwrite("warmup", &SkipConfig::warmup)
+        .def_readwrite("refresh_every", &SkipConfig::refresh_every)
+        .def_readwrite("max_skip", &SkipConfig::max_skip)
+        .def_readwrite("target_ratio", &SkipConfig::target_ratio)
+        .def_readwrite("skipdecode_span", &SkipConfig::skipdecode_span)
+        .def_readwrite("seed", &SkipConfig::seed)
+        .def_readwrite("layers", &SkipConfig::layers)
+        .def_readwrite("record_masks", &SkipConfig::record_masks)
+        .def_readwrite("record_cosines", &SkipConfig::record_cosines);
+
+    py::class_<SkipStats>(m, "SkipStats")
+        .def_readonly("n_layer", &SkipStats::n_layer)
+        .def_readonly("n_steps", &SkipStats::n_steps)
+        .def_readonly("n_steps_after_warmup", &SkipStats::n_steps_after_warmup)
+        .def_readonly("ffn_total", &SkipStats::ffn_total)
+        .def_readonly("ffn_skipped", &SkipStats::ffn_skipped)
+        .def_readonly("ffn_total_after_warmup", &SkipStats::ffn_total_after_warmup)
+        .def_readonly("ffn_skipped_after_warmup", &SkipStats::ffn_skipped_after_warmup)
+        .def_readonly("layers_skipped", &SkipStats::layers_skipped)
+        .def_readonly("skipped_per_layer", &SkipStats::skipped_per_layer)
+        .def_property_readonly("skip_ratio", &SkipStats::skip_ratio)
+        .def_property_readonly("skip_ratio_after_warmup", &SkipStats::skip_ratio_after_warmup)
+        .def_property_readonly("masks", [](const SkipStats& st) {
+            py::array_t<uint8_t> out(std::vector<size_t>{(size_t)st.n_steps, st.masks.empty() ? 0 : (size_t)st.n_layer});
+            std::copy(st.masks.begin(), st.masks.end(), out.mutable_data());
+            return out;
+        })
+        .def_property_readonly("cosines", [](const SkipStats& st) {
+            py::array_t<float> out(std::vector<size_t>{(size_t)st.n_steps, st.cosines.empty() ? 0 : (size_t)st.n_layer});
+            std::copy(st.cosines.begin(), st.cosines.end(), out.mutable_data());
+            return out;
+        });
+
     py::class_<SessionParams>(m, "SessionParams")
         .def(py::init<>())
         .def_readwrite("n_ctx", &SessionParams::n_ctx)
         .def_readwrite("n_threads", &SessionParams::n_threads)
         .def_readwrite("n_threads_batch", &SessionParams::n_threads_batch)
-        .def_readwrite("n_batch", &SessionParams::n_batch);
+        .def_readwrite("n_batch", &SessionParams::n_batch)
+        .def_readwrite("skip", &SessionParams::skip);
 
     py::class_<SamplingParams>(m, "SamplingParams")
         .def(py::init<>())
@@ -107,7 +148,9 @@ void bind_model(py::module_& m) {
         .def_readwrite("stop", &GenerateParams::stop)
         .def_readwrite("ignore_eos", &GenerateParams::ignore_eos)
         .def_readwrite("add_special", &GenerateParams::add_special)
-        .def_readwrite("parse_special", &GenerateParams::parse_special);
+        .def_readwrite("parse_special", &GenerateParams::parse_special)
+        .def_readwrite("use_session_skip", &GenerateParams::use_session_skip)
+        .def_readwrite("skip", &GenerateParams::skip);
 
     py::class_<Stats>(m, "Stats")
         .def_readonly("n_prompt_tokens", &Stats::n_prompt_tokens)
@@ -116,7 +159,8 @@ void bind_model(py::module_& m) {
         .def_readonly("prompt_seconds", &Stats::prompt_seconds)
         .def_readonly("decode_seconds", &Stats::decode_seconds)
         .def_property_readonly("prompt_tokens_per_second", &Stats::prompt_tokens_per_second)
-        .def_property_readonly("decode_tokens_per_second", &Stats::decode_tokens_per_second);
+        .def_property_readonly("decode_tokens_per_second", &Stats::decode_tokens_per_second)
+        .def_readonly("skip", &Stats::skip);
 
     py::class_<GenerateResult>(m, "GenerateResult")
         .def_property_readonly("text", [](const GenerateResult& r) { return decode_utf8(r.text); })
@@ -162,6 +206,18 @@ void bind_model(py::module_& m) {
             const auto& l = self.last_logits();
             return to_numpy(l.data(), 0, l.size());
         })
-        .def("reset", &Session::reset);
+        .def("reset", &Session::reset)
+        .def_property("skip_config", &Session::skip_config, &Session::set_skip_config)
+        .def("score_continuation", [](Session& self, const std::vector<int32_t>& prompt,
+                                      const std::vector<int32_t>& continuation, const SkipConfig& skip) {
+            SkipStats stats;
+            double nll;
+            {
+                py::gil_scoped_release release;
+                nll = self.score_continuation(prompt, continuation, skip, &stats);
+            }
+            return py::make_tuple(nll, stats);
+        }, py::arg("prompt"), py::arg("continuation"), py::arg("skip"),
+           "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).");
 }
 }  // namespace ffnskip_py

@@ -88,40 +88,69 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
     });
 }
 
-const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits) {
+// Keys and values of layer `layer` for the n tokens whose normalised residual is in
+// xb: project, rotate, store in the cache as fp16. Queries are left in q.
+void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos) {
+    const HParams& hp = m_.hp;
+    const LayerWeights& L = m_.w.layers[il];
+    const int kv_width = kv_.kv_width;
+    const float* rope_ff = m_.w.rope_freq_factors.empty() ? nullptr : m_.w.rope_freq_factors.data();
+    matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act);
+    matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act);
+    for (int t = 0; t < n; t++) {
+        rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
+        uint16_t* kc = kv_.k_at(il, pos + t);
+        uint16_t* vc = kv_.v_at(il, pos + t);
+        for (int i = 0; i < kv_width; i++) {
+            kc[i] = fp32_to_fp16(s_.k[(size_t)t * kv_width + i]);
+            vc[i] = fp32_to_fp16(s_.v[(size_t)t * kv_width + i]);
+        }
+    }
+}
+
+const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                                 SkipSchedule* skip, bool decode_step) {
     const HParams& hp = m_.hp;
     const ModelWeights& w = m_.w;
     if (n < 1 || n > s_.n_batch) throw std::invalid_argument("forward: batch of " + std::to_string(n) + " tokens");
     if (pos < 0 || pos + n > kv_.n_ctx) throw std::invalid_argument("forward: positions past the context");
+    if (decode_step && n != 1) throw std::invalid_argument("forward: a decode step takes one token");
     ThreadPool& pool = (n > 1 && pool_batch_) ? *pool_batch_ : *pool_decode_;
     const int64_t D = hp.n_embd;
     const int q_width = hp.n_head * hp.head_dim;
-    const int kv_width = kv_.kv_width;
     const float* rope_ff = w.rope_freq_factors.empty() ? nullptr : w.rope_freq_factors.data();
+    const bool step = skip && decode_step;   // the per-token skip policy decides
 
     for (int t = 0; t < n; t++) embedding_row(w.token_embd, tokens[t], s_.x.data() + t * D);
 
     for (int il = 0; il < hp.n_layer; il++) {
         const LayerWeights& L = w.layers[il];
 
+        // ---- whole-layer skipping (shortgpt, skipdecode) ----
+        const bool layer_runs = !skip || (step ? skip->layer_runs(il) : skip->prompt_layer_runs(il));
+        if (!layer_runs) {
+            if (step && il >= skip->exit_layer()) {
+                // skipdecode: later tokens attend to this position in every layer, so
+                // its keys and values come from the exit hidden state.
+                rmsnorm(s_.xb.data(), s_.x.data(), L.attn_norm.data(), D, hp.rms_eps);
+                store_kv(pool, il, 1, pos);
+            }
+            continue;
+        }
+
         // ---- attention: h = x + Wo attn(norm(x)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.attn_norm.data(), D, hp.rms_eps);
         matmul(pool, L.wq, s_.xb.data(), s_.q.data(), n, s_.act);
-        matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act);
-        matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act);
-        for (int t = 0; t < n; t++) {
+        for (int t = 0; t < n; t++)
             rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
-            rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
-            uint16_t* kc = kv_.k_at(il, pos + t);
-            uint16_t* vc = kv_.v_at(il, pos + t);
-            for (int i = 0; i < kv_width; i++) {
-                kc[i] = fp32_to_fp16(s_.k[(size_t)t * kv_width + i]);
-                vc[i] = fp32_to_fp16(s_.v[(size_t)t * kv_width + i]);
-            }
-        }
+        store_kv(pool, il, n, pos);
         attention(pool, il, n, pos);
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+
+        // ---- the skip gate: leave this layer's FFN out? Then x' = h. ----
+        const bool ffn_runs = !skip || (step ? skip->ffn_runs(il) : skip->prompt_ffn_runs(il));
+        if (!ffn_runs) continue;
 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
@@ -129,7 +158,13 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act);
         swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
         matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
-        for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+        if (step && skip->wants_cosine(il)) {
+            // The gate's input, fused with the residual add: cos(h + f, h).
+            const double c = residual_add_cosine(s_.x.data(), s_.xb2.data(), D);
+            skip->after_ffn(il, c);
+        } else {
+            for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+        }
     }
 
     // ---- logits, only for the rows asked for ----

@@ -7,6 +7,7 @@
 
 #include "cpu/thread-pool.h"
 #include "model/model.h"
+#include "skip/skip-policy.h"
 
 namespace ffnskip {
 
@@ -47,7 +48,11 @@ class CpuForward {
     // Evaluates n tokens (1 <= n <= n_batch) at positions pos .. pos+n-1, writing their
     // keys and values into the cache. Returns the logits of the last token, or of all
     // n tokens (row-major) when all_logits; valid until the next call.
-    const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits);
+    // `skip` (may be null = full model): for a decode step (n == 1, decode_step) the
+    // caller has called skip->begin_step and calls end_step after; for prompt batches
+    // only the policy's position-independent removals apply.
+    const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                         SkipSchedule* skip = nullptr, bool decode_step = false);
 
     int32_t n_ctx() const { return kv_.n_ctx; }
     int32_t n_batch() const { return s_.n_batch; }
@@ -55,6 +60,7 @@ class CpuForward {
 
   private:
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
+    void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos);
 
     const Model::Impl& m_;
     KvCache kv_;

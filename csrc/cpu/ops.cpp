@@ -77,4 +77,18 @@ double cosine(const float* a, const float* b, int64_t n) {
     return ab / std::sqrt(aa * bb);
 }
 
+double residual_add_cosine(float* x, const float* f, int64_t n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float before = x[i];
+        const float after = before + f[i];
+        x[i] = after;
+        ab += (double)after * before;
+        aa += (double)after * after;
+        bb += (double)before * before;
+    }
+    if (aa == 0 || bb == 0) return 0.0;
+    return ab / std::sqrt(aa * bb);
+}
+
 }  // namespace ffnskip

@@ -7,8 +7,9 @@
 """
 from __future__ import annotations
 
-from ._core import FfnskipError, FormatError, Model, available_backends, build_info
+from ._core import FfnskipError, FormatError, Model, SkipConfig, available_backends, build_info
 from .session import Completion, Session
+from .skip import skip_config
 
 __all__ = [
     "Completion",
@@ -16,7 +17,9 @@ __all__ = [
     "FormatError",
     "Model",
     "Session",
+    "SkipConfig",
     "available_backends",
     "build_info",
+    "skip_config",
 ]
 __version__ = "0.1.0"

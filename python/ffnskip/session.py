@@ -8,6 +8,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import _core
+from .skip import SkipSpec, skip_config, stats_dict
 
 
 @dataclass
@@ -37,6 +38,7 @@ def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
         "decode_seconds": stats.decode_seconds,
         "prompt_tokens_per_second": stats.prompt_tokens_per_second,
         "decode_tokens_per_second": stats.decode_tokens_per_second,
+        **stats_dict(stats.skip),
     }
 
 
@@ -56,6 +58,7 @@ class Session:
         n_threads: int = 0,
         n_threads_batch: int = 0,
         n_batch: int = 512,
+        skip: SkipSpec = None,
     ) -> None:
         self.model = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model))
         params = _core.SessionParams()
@@ -63,6 +66,7 @@ class Session:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.n_batch = n_batch
+        params.skip = skip_config(skip)
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
         self.last_result: Completion | None = None
@@ -86,6 +90,23 @@ class Session:
     def reset(self) -> None:
         """Empty the KV cache."""
         self._native.reset()
+
+    @property
+    def skip(self) -> _core.SkipConfig:
+        """The session's skip settings (used by calls that pass no ``skip=``)."""
+        return self._native.skip_config
+
+    @skip.setter
+    def skip(self, spec: SkipSpec) -> None:
+        self._native.skip_config = skip_config(spec)
+
+    def score(self, prompt: Sequence[int], continuation: Sequence[int], skip: SkipSpec = None) -> tuple[float, dict[str, Any]]:
+        """Teacher-forced negative log-likelihood (sum, nats) of ``continuation`` after
+        ``prompt`` with the skip policy active exactly as in generation; also the skip
+        statistics. ``skip=None`` uses the session's setting."""
+        config = self._native.skip_config if skip is None else skip_config(skip)
+        nll, stats = self._native.score_continuation(list(prompt), list(continuation), config)
+        return nll, stats_dict(stats)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
@@ -111,6 +132,9 @@ class Session:
             elif key == "stop":
                 if value is not None:
                     params.stop = [value] if isinstance(value, str) else list(value)
+            elif key == "skip":
+                params.use_session_skip = False
+                params.skip = skip_config(value)
             else:
                 raise TypeError(f"unknown generation argument {key!r}")
         if params.max_tokens is not None and params.max_tokens < -1:
@@ -130,8 +154,9 @@ class Session:
         Keyword arguments: max_tokens (128), temperature (0.8; 0 = greedy), top_k (40),
         top_p (0.95), min_p (0.05), repeat_penalty (1.0), repeat_last_n (64),
         frequency_penalty, presence_penalty, seed (-1 = random), stop (str or list),
-        ignore_eos, add_special, parse_special. Breaking out of the loop (or closing
-        the generator) stops decoding.
+        ignore_eos, add_special, parse_special, skip (a policy name, a mapping of
+        SkipConfig fields, a profile path or a SkipConfig, for this call only).
+        Breaking out of the loop (or closing the generator) stops decoding.
         """
         params = self._params(kwargs)
         self._begin(prompt, params)

@@ -99,12 +99,67 @@ class Model {
     std::unique_ptr<Impl> impl_;
 };
 
+// ---- FFN skipping -----------------------------------------------------------------
+// Which feed-forward blocks (or whole layers) a decode step leaves out.
+//   full       : nothing is skipped.
+//   ffn_skip   : FFN-SkipLLM. After each computed FFN in the gated range, the cosine
+//                between the residual after and before the FFN add is taken; the first
+//                time it reaches `threshold`, the FFNs of the next `max_skip` non-cold
+//                layers are skipped (the residual passes through). Attention always runs.
+//   random     : each FFN of any layer is dropped with probability `target_ratio`.
+//   static     : a window of `max_skip` FFNs at a random place in the non-cold region.
+//   layers     : the FFNs of `layers` are skipped for every token, prompt included.
+//   shortgpt   : whole layers in `layers` (attention and FFN) are removed for every
+//                token, prompt included (pick them with the calibration).
+//   skipdecode : whole layers skipped from the top, with a budget that grows along the
+//                generated sequence; the skipped layers' keys and values are computed
+//                from the exit hidden state.
+enum class SkipPolicy { full, ffn_skip, random, static_window, layers, shortgpt, skipdecode };
+const char* skip_policy_name(SkipPolicy policy);
+SkipPolicy skip_policy_from_name(const std::string& name);   // throws std::invalid_argument
+
+struct SkipConfig {
+    SkipPolicy policy = SkipPolicy::full;
+    float threshold = 0.95f;     // cosine that opens the skip window (ffn_skip)
+    int32_t cold_start = 5;      // FFNs of layers [0, cold_start) always run
+    int32_t cold_end = 5;        // FFNs of the last cold_end layers always run
+    int32_t warmup = -1;         // first generated tokens that run in full; -1 = n_ctx / 64
+    int32_t refresh_every = 6;   // after warm-up, every refresh_every-th step runs in full; 0 = never
+    int32_t max_skip = -1;       // FFNs skipped per step once the gate opens; -1 = from target_ratio
+    float target_ratio = 0.25f;  // wanted share of skipped FFNs over post-warm-up steps
+    int32_t skipdecode_span = 256;  // skipdecode: steps over which the layer budget grows
+    uint64_t seed = 0;           // random / static policies
+    std::vector<int32_t> layers; // layers / shortgpt policies
+    bool record_masks = false;   // keep the per-step skip mask in the stats
+    bool record_cosines = false; // keep the per-step, per-layer cosines in the stats
+};
+
+// What the skip policy did during one generation (decode steps only).
+struct SkipStats {
+    int32_t n_layer = 0;
+    int32_t n_steps = 0;              // decode steps (forward passes of one token)
+    int32_t n_steps_after_warmup = 0;
+    int64_t ffn_total = 0;            // FFN blocks over all decode steps
+    int64_t ffn_skipped = 0;
+    int64_t ffn_total_after_warmup = 0;
+    int64_t ffn_skipped_after_warmup = 0;
+    int64_t layers_skipped = 0;       // whole layers (shortgpt, skipdecode)
+    std::vector<int32_t> skipped_per_layer;   // (n_layer) FFN skips per layer
+    std::vector<uint8_t> masks;       // (n_steps, n_layer) 1 = FFN skipped; record_masks
+    std::vector<float> cosines;       // (n_steps, n_layer) NaN where not measured; record_cosines
+    double skip_ratio() const { return ffn_total ? (double)ffn_skipped / ffn_total : 0.0; }
+    double skip_ratio_after_warmup() const {
+        return ffn_total_after_warmup ? (double)ffn_skipped_after_warmup / ffn_total_after_warmup : 0.0;
+    }
+};
+
 // ---- generation -----------------------------------------------------------------
 struct SessionParams {
     int32_t n_ctx = 0;          // KV cache length; 0 = min(n_ctx_train, 4096)
     int32_t n_threads = 0;      // decode threads; 0 = all cores
     int32_t n_threads_batch = 0;  // prompt-processing threads; 0 = n_threads
     int32_t n_batch = 512;      // prompt tokens per forward pass
+    SkipConfig skip;            // default for generate calls that give none
 };
 
 struct SamplingParams {
@@ -126,6 +181,8 @@ struct GenerateParams {
     bool ignore_eos = false;
     bool add_special = true;    // add BOS/EOS as the model's metadata asks
     bool parse_special = false; // "<|im_start|>" in the prompt becomes one special token
+    bool use_session_skip = true;   // true: the session's SkipConfig; false: `skip` below
+    SkipConfig skip;
 };
 
 enum class FinishReason { none, length, stop, eos, cancelled, context_full };
@@ -139,6 +196,7 @@ struct Stats {
     double decode_seconds = 0;
     double prompt_tokens_per_second() const { return prompt_seconds > 0 ? n_prompt_tokens / prompt_seconds : 0; }
     double decode_tokens_per_second() const { return decode_seconds > 0 ? n_generated / decode_seconds : 0; }
+    SkipStats skip;
 };
 
 struct GenerateResult {
@@ -187,6 +245,16 @@ class Session {
     const float* eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
     const std::vector<float>& last_logits() const;
     void reset();                           // empty the KV cache
+
+    // Teacher-forced scoring with the skip policy active exactly as in generation:
+    // `prompt` is processed as a prompt, then each token of `continuation` is predicted
+    // and fed as decode step 0, 1, ... Starts from an empty cache. Returns the sum of
+    // -log p(continuation[i] | everything before) and fills `stats`.
+    double score_continuation(const std::vector<int32_t>& prompt, const std::vector<int32_t>& continuation,
+                              const SkipConfig& skip, SkipStats* stats = nullptr);
+
+    const SkipConfig& skip_config() const;
+    void set_skip_config(const SkipConfig& skip);
 
     struct Impl;
   private:

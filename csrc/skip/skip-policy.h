@@ -1,0 +1,73 @@
+// The skip policies: which FFN blocks (or whole layers) each decode step leaves out.
+// One SkipSchedule lives for one generation; every backend asks it the same
+// questions in the same order, so skip masks are equal across backends.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include <ffnskip/ffnskip.h>
+
+namespace ffnskip {
+
+class SkipSchedule {
+  public:
+    // Validates `config` against the model (throws std::invalid_argument).
+    SkipSchedule(const SkipConfig& config, int32_t n_layer, int32_t n_ctx);
+
+    const SkipConfig& config() const { return cfg_; }
+    bool is_full() const { return cfg_.policy == SkipPolicy::full; }
+    int32_t warmup() const { return warmup_; }
+    int32_t max_skip() const { return max_skip_; }
+
+    // ---- prompt processing (batched): only position-independent removals apply ----
+    bool prompt_layer_runs(int il) const { return !removed_layer_[il]; }
+    bool prompt_ffn_runs(int il) const { return !removed_ffn_[il] && !removed_layer_[il]; }
+    bool prunes_prompt() const { return cfg_.policy == SkipPolicy::layers || cfg_.policy == SkipPolicy::shortgpt; }
+
+    // ---- one decode step: begin_step, then per layer the questions below, then end_step ----
+    // g: the index of the generated token this step feeds (0 = the first one).
+    void begin_step(int32_t g);
+    // Whole layer runs? (false: shortgpt removal, or above the skipdecode exit)
+    bool layer_runs(int il) const { return !layer_skip_[il]; }
+    // Layers >= exit_layer() are skipped as a block whose keys and values must be
+    // filled from the exit state (skipdecode); n_layer when nothing exits early.
+    int32_t exit_layer() const { return exit_layer_; }
+    // The FFN of layer il runs? Asked right before it (the gate may have closed it).
+    bool ffn_runs(int il) const { return !ffn_skip_[il]; }
+    // The cosine after layer il's FFN is needed (the gate looks, or it is recorded).
+    bool wants_cosine(int il) const;
+    // The gate: called after layer il's FFN with cos(residual after, residual before).
+    void after_ffn(int il, double cosine);
+    bool step_skipped_anything() const;   // before end_step
+    void end_step();
+
+    const SkipStats& stats() const { return stats_; }
+
+  private:
+    bool step_may_skip(int32_t g) const;
+
+    SkipConfig cfg_;
+    int32_t n_layer_;
+    int32_t warmup_;
+    int32_t max_skip_;
+    int32_t gate_first_, gate_last_;      // layers after which the gate looks
+    double drop_probability_ = 0;         // random policy
+    std::vector<uint8_t> removed_layer_;  // (n_layer) shortgpt: for every token
+    std::vector<uint8_t> removed_ffn_;    // (n_layer) layers policy: for every token
+    std::mt19937_64 rng_;
+
+    // The current step.
+    int32_t step_ = -1;
+    bool may_skip_ = false;
+    bool budget_spent_ = false;
+    int32_t exit_layer_;
+    std::vector<uint8_t> ffn_skip_;       // (n_layer) FFN left out this step
+    std::vector<uint8_t> layer_skip_;     // (n_layer) whole layer left out this step
+    std::vector<float> cosines_;          // (n_layer) this step's cosines, NaN = not measured
+
+    SkipStats stats_;
+};
+
+}  // namespace ffnskip

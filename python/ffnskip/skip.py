@@ -1,0 +1,86 @@
+"""Skip settings: which FFN blocks a decode step leaves out (see SkipConfig)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Union
+
+from . import _core
+
+SkipSpec = Union[None, str, "os.PathLike[str]", Mapping[str, Any], _core.SkipConfig]
+
+POLICIES = ("full", "ffn_skip", "random", "static", "layers", "shortgpt", "skipdecode")
+FIELDS = ("policy", "threshold", "cold_start", "cold_end", "warmup", "refresh_every", "max_skip",
+          "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines")
+
+
+def skip_config(spec: SkipSpec = None, **overrides: Any) -> _core.SkipConfig:
+    """Build a SkipConfig from None / "full" (no skipping), a policy name
+    ("ffn_skip", "random", ...), a calibration profile (a .json path), a mapping of
+    fields, or a SkipConfig; keyword arguments override single fields.
+
+    The defaults reproduce the FFN-SkipLLM authors' setting: threshold 0.95, 5 + 5
+    cold layers, warm-up n_ctx / 64 tokens, a full refresh every 6th token.
+    """
+    config = _core.SkipConfig()
+    fields: dict[str, Any] = {}
+    if spec is None:
+        pass
+    elif isinstance(spec, _core.SkipConfig):
+        fields = {name: getattr(spec, name) for name in FIELDS}
+    elif isinstance(spec, Mapping):
+        fields = dict(spec)
+    elif isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text.endswith(".json"):
+            fields = load_profile_config(text)
+        else:
+            fields = {"policy": text}
+    else:
+        raise TypeError(f"skip must be None, a policy name, a profile path, a mapping or a SkipConfig, not {type(spec).__name__}")
+    fields.update(overrides)
+    for name, value in fields.items():
+        if name not in FIELDS:
+            raise ValueError(f"unknown skip setting {name!r} (known: {', '.join(FIELDS)})")
+        if value is None:
+            continue
+        if name == "layers":
+            value = [int(v) for v in value]
+        setattr(config, name, value)
+    return config
+
+
+def load_profile_config(path: str) -> dict[str, Any]:
+    """The skip settings stored in a calibration profile (`ffnskip calibrate`)."""
+    with open(path, encoding="utf-8") as f:
+        profile = json.load(f)
+    config = profile.get("config") if isinstance(profile, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a calibration profile (no 'config' object)")
+    return config
+
+
+def config_dict(config: _core.SkipConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in FIELDS}
+
+
+def stats_dict(stats: _core.SkipStats) -> dict[str, Any]:
+    out = {
+        "skip_steps": stats.n_steps,
+        "skip_steps_after_warmup": stats.n_steps_after_warmup,
+        "ffn_total": stats.ffn_total,
+        "ffn_skipped": stats.ffn_skipped,
+        "ffn_total_after_warmup": stats.ffn_total_after_warmup,
+        "ffn_skipped_after_warmup": stats.ffn_skipped_after_warmup,
+        "layers_skipped": stats.layers_skipped,
+        "skip_ratio": stats.skip_ratio,
+        "skip_ratio_after_warmup": stats.skip_ratio_after_warmup,
+        "skipped_per_layer": list(stats.skipped_per_layer),
+    }
+    masks = stats.masks
+    if masks.size:
+        out["skip_masks"] = masks
+    cosines = stats.cosines
+    if cosines.size:
+        out["cosines"] = cosines
+    return out
