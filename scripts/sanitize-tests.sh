@@ -38,20 +38,28 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # C++ binary only.
 if [ -x "$build/ffnskip_tests" ]; then
     echo "== ffnskip_tests (ASan + UBSan + LSan)"
-    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$build/ffnskip_tests"
+    # a tiny random-weight model, so the loading and generation checks run too
+    "$python" -c "import sys; sys.path.insert(0, sys.argv[1]); import synthetic; synthetic.write_llama_gguf(sys.argv[2], n_ctx=64)" \
+        "$root/tests" "$build/test-model.gguf"
+    FFNSKIP_TEST_MODEL=$build/test-model.gguf ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$build/ffnskip_tests"
 fi
 
+# libasan must come first; libstdc++ too, since python does not load it and ASan
+# resolves the real __cxa_throw when it starts (else the first C++ throw aborts).
 libasan=$("$CXX" -print-file-name=libasan.so)
-if [ ! -e "$libasan" ]; then
-    echo "cannot find libasan.so for $CXX" >&2
-    exit 1
-fi
-echo "== pytest with $libasan preloaded"
+libstdcxx=$("$CXX" -print-file-name=libstdc++.so)
+for lib in "$libasan" "$libstdcxx"; do
+    if [ ! -e "$lib" ]; then
+        echo "cannot find $lib for $CXX" >&2
+        exit 1
+    fi
+done
+echo "== pytest with $libasan and $libstdcxx preloaded"
 if [ $# -eq 0 ]; then
     set -- "$root/tests/test_bad_input.py" -q
 fi
 cd "$root"
-LD_PRELOAD=$libasan \
+LD_PRELOAD="$libasan $libstdcxx" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0 \
 PYTHONPATH=$stage${PYTHONPATH:+:$PYTHONPATH} \
     "$python" -m pytest -p no:cacheprovider "$@"
