@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cfloat>
+#include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <sstream>
 
 #include <ffnskip/ffnskip.h>
@@ -35,6 +38,28 @@ size_t scalar_size(GgufValueType t) {
         case GgufValueType::ARRAY: return 12;   // at least type + count
     }
     return 0;
+}
+
+// Keys and tensor names are identifiers: they must be valid UTF-8 (the format says so,
+// and Python turns them into str). Values may hold any bytes.
+bool utf8_valid(const std::string& s) {
+    size_t i = 0, n = s.size();
+    while (i < n) {
+        const uint8_t c = (uint8_t)s[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (len == 0 || i + len > n) return false;
+        uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+        for (int k = 1; k < len; k++) {
+            const uint8_t cc = (uint8_t)s[i + k];
+            if ((cc >> 6) != 0x2) return false;
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        // overlong forms, surrogates, beyond U+10FFFF
+        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
+        i += len;
+    }
+    return true;
 }
 
 bool value_type_known(uint32_t t) { return t <= (uint32_t)GgufValueType::FLOAT64; }
@@ -246,16 +271,20 @@ int64_t GgufTensor::n_rows() const {
 // ---- GgufFile ---------------------------------------------------------------------
 
 GgufFile::GgufFile(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // open() would stop at the NUL and read another file than the one named.
+    if (path.find('\0') != std::string::npos) throw std::invalid_argument("model path contains a NUL byte");
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int err = errno;
-        if (err == ENOENT) throw FileNotFoundError(path + ": no such file");
+        if (err == ENOENT || err == ENOTDIR) throw FileNotFoundError(path + ": no such file");
         throw Error(path + ": cannot open: " + std::strerror(err));
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        bool dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
         ::close(fd);
-        throw Error(path + ": not a regular file");
+        throw Error(path + (dir ? ": is a directory, not a regular file" : ": not a regular file"));
     }
     size_ = (uint64_t)st.st_size;
     if (size_ == 0) {
@@ -312,6 +341,7 @@ void GgufFile::parse() {
         uint64_t kat = c.pos();
         std::string key = c.read_string("metadata key");
         if (key.empty()) c.fail_at(kat, "metadata entry " + std::to_string(i) + " has an empty key");
+        if (!utf8_valid(key)) c.fail_at(kat, "metadata entry " + std::to_string(i) + " has a key that is not valid UTF-8");
         if (kv_index_.count(key)) c.fail_at(kat, "duplicate metadata key '" + key + "'");
         uint64_t tat = c.pos();
         uint32_t type = c.read<uint32_t>("metadata value type");
@@ -335,6 +365,7 @@ void GgufFile::parse() {
         uint64_t tat = c.pos();
         t.name = c.read_string("tensor name");
         if (t.name.empty()) c.fail_at(tat, "tensor " + std::to_string(i) + " has an empty name");
+        if (!utf8_valid(t.name)) c.fail_at(tat, "tensor " + std::to_string(i) + " has a name that is not valid UTF-8");
         if (tensor_index_.count(t.name)) c.fail_at(tat, "duplicate tensor name '" + t.name + "'");
         uint32_t n_dims = c.read<uint32_t>("tensor dimension count");
         if (n_dims == 0 || n_dims > kMaxDims)
@@ -357,8 +388,9 @@ void GgufFile::parse() {
         if (t.ne[0] % tr.block_size != 0)
             c.fail_at(tat, "tensor '" + t.name + "': row length " + std::to_string(t.ne[0]) +
                                " is not a multiple of the " + tr.name + " block size " + std::to_string(tr.block_size));
-        uint64_t row_bytes = (uint64_t)(t.ne[0] / tr.block_size) * tr.type_size;
-        if (mul_overflows(row_bytes, (uint64_t)t.n_rows(), &t.n_bytes))
+        uint64_t row_bytes = 0;
+        if (mul_overflows((uint64_t)(t.ne[0] / tr.block_size), tr.type_size, &row_bytes) ||
+            mul_overflows(row_bytes, (uint64_t)t.n_rows(), &t.n_bytes))
             c.fail_at(tat, "tensor '" + t.name + "': byte size overflows");
         t.offset = c.read<uint64_t>("tensor offset");
         if (t.offset % alignment_ != 0)
@@ -455,7 +487,12 @@ std::vector<float> GgufFile::get_float_array(const std::string& key) const {
     if (v->type != GgufValueType::ARRAY || !(v->array_type == GgufValueType::FLOAT32 || v->array_type == GgufValueType::FLOAT64))
         wrong_type(path_, key, "an array of floats", *v);
     out.reserve(v->array.size());
-    for (const GgufValue& e : v->array) out.push_back((float)e.f64);
+    for (const GgufValue& e : v->array) {
+        // a double beyond the float range has no float value (the cast is undefined)
+        if (std::isfinite(e.f64) && std::fabs(e.f64) > FLT_MAX)
+            throw FormatError(path_ + ": metadata '" + key + "' holds a value out of the float range");
+        out.push_back((float)e.f64);
+    }
     return out;
 }
 
