@@ -4,6 +4,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #include "cpu/forward-cpu.h"
 #include "model/model.h"
 #include "sampling/sampler.h"
@@ -64,6 +66,12 @@ Session::Session(std::shared_ptr<const Model> model, const SessionParams& params
     if (p.n_threads == 0) p.n_threads = default_thread_count();
     if (p.n_threads_batch == 0) p.n_threads_batch = p.n_threads;
     p.n_batch = std::min(p.n_batch, p.n_ctx);
+    // Refuse a cache that cannot fit before trying to allocate it.
+    const double kv_bytes = 2.0 * hp.n_layer * (double)p.n_ctx * hp.n_head_kv * hp.head_dim * sizeof(uint16_t);
+    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+    if (ram > 0 && kv_bytes > ram)
+        throw Error("the KV cache for n_ctx = " + std::to_string(p.n_ctx) + " needs " + std::to_string(kv_bytes / (1 << 30)) +
+                    " GiB, more than this machine's " + std::to_string(ram / (1 << 30)) + " GiB of memory; lower n_ctx");
     impl_ = std::make_unique<Impl>(std::move(model), p);
     impl_->forward = std::make_unique<CpuForward>(impl_->m, p.n_ctx, p.n_batch, p.n_threads, p.n_threads_batch);
     impl_->last_logits.assign(hp.n_vocab, 0.0f);
@@ -102,18 +110,38 @@ double Session::score_continuation(const std::vector<int32_t>& prompt, const std
     s.running = false;
     s.cache_tokens.clear();
     s.n_clean = 0;
-    const float* logits = s.eval(prompt.data(), prompt.size(), nullptr, &sched);
-    double nll = 0.0;
     const int32_t n_vocab = s.m.hp.n_vocab;
-    for (size_t i = 0; i < continuation.size(); i++) {
-        const int32_t target = continuation[i];
-        if (target < 0 || target >= n_vocab) throw std::invalid_argument("token id " + std::to_string(target) + " is out of range");
+    for (int32_t t : continuation)
+        if (t < 0 || t >= n_vocab) throw std::invalid_argument("token id " + std::to_string(t) + " is out of range");
+    auto token_nll = [n_vocab](const float* logits, int32_t target) {
         float mx = logits[0];
         for (int32_t v = 1; v < n_vocab; v++) mx = std::max(mx, logits[v]);
         double sum = 0.0;
         for (int32_t v = 0; v < n_vocab; v++) sum += std::exp((double)logits[v] - mx);
-        nll += std::log(sum) - ((double)logits[target] - mx);
-        if (i + 1 < continuation.size()) logits = s.decode_step(target, (int32_t)i, sched);
+        return std::log(sum) - ((double)logits[target] - mx);
+    };
+    double nll = 0.0;
+    const SkipPolicy policy = sched.config().policy;
+    if ((policy == SkipPolicy::full || sched.prunes_prompt()) && !sched.config().record_cosines) {
+        // Position-independent policies: one batched pass computes what the decode
+        // steps would (prefill and single-token decoding are bit-identical).
+        std::vector<int32_t> all = prompt;
+        all.insert(all.end(), continuation.begin(), continuation.end() - (continuation.empty() ? 0 : 1));
+        std::vector<float> logits;
+        s.eval(all.data(), all.size(), &logits, &sched);
+        for (size_t i = 0; i < continuation.size(); i++)
+            nll += token_nll(logits.data() + (prompt.size() - 1 + i) * (size_t)n_vocab, continuation[i]);
+        for (size_t i = 0; i + 1 < continuation.size(); i++) {   // the same masks the steps would record
+            sched.begin_step((int32_t)i);
+            sched.end_step();
+        }
+        if (stats) *stats = sched.stats();
+        return nll;
+    }
+    const float* logits = s.eval(prompt.data(), prompt.size(), nullptr, &sched);
+    for (size_t i = 0; i < continuation.size(); i++) {
+        nll += token_nll(logits, continuation[i]);
+        if (i + 1 < continuation.size()) logits = s.decode_step(continuation[i], (int32_t)i, sched);
     }
     if (stats) *stats = sched.stats();
     return nll;

@@ -54,6 +54,14 @@ std::vector<float> vector_f32(const Model::Impl& m, const std::string& name, int
     return out;
 }
 
+// A float metadata value that must be finite and positive (checked in double, before
+// the narrowing cast).
+float positive_float(const Model::Impl& m, const std::string& key, double def) {
+    double v = m.file->get_float(key, def);
+    if (!(v > 0.0) || !(v < 3.0e38)) fail(m, "metadata '" + key + "' = " + std::to_string(v) + " must be positive and finite");
+    return (float)v;
+}
+
 int32_t positive_int(const Model::Impl& m, const std::string& key, int64_t max_value) {
     int64_t v = m.file->get_int(key);
     if (v <= 0 || v > max_value)
@@ -93,10 +101,8 @@ void model_load_weights(Model::Impl& m) {
     }
     hp.n_rot = f.has(a + "rope.dimension_count") ? positive_int(m, a + "rope.dimension_count", hp.head_dim) : hp.head_dim;
     if (hp.n_rot % 2 != 0) fail(m, "rope.dimension_count must be even");
-    hp.rope_freq_base = (float)f.get_float(a + "rope.freq_base", 10000.0);
-    hp.rms_eps = (float)f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5);
-    if (!(hp.rope_freq_base > 0) || !std::isfinite(hp.rope_freq_base)) fail(m, "rope.freq_base must be positive");
-    if (!(hp.rms_eps > 0) || !std::isfinite(hp.rms_eps)) fail(m, "attention.layer_norm_rms_epsilon must be positive");
+    hp.rope_freq_base = positive_float(m, a + "rope.freq_base", 10000.0);
+    hp.rms_eps = positive_float(m, a + "attention.layer_norm_rms_epsilon", 1e-5);
 
     // Linear RoPE scaling; "none" and absent mean 1. YaRN and others are refused
     // rather than silently computed wrong.
@@ -104,7 +110,7 @@ void model_load_weights(Model::Impl& m) {
     double factor = f.get_float(a + "rope.scaling.factor", 0.0);
     if (factor == 0.0) factor = f.get_float(a + "rope.scale_linear", 0.0);
     if (scaling == "linear" || (scaling == "none" && f.has(a + "rope.scale_linear"))) {
-        if (!(factor > 0)) fail(m, "linear RoPE scaling needs a positive rope.scaling.factor");
+        if (!(factor > 0) || !(factor < 1e30)) fail(m, "linear RoPE scaling needs a positive, finite rope.scaling.factor");
         hp.rope_freq_scale = (float)(1.0 / factor);
     } else if (scaling != "none") {
         fail(m, "RoPE scaling type '" + scaling + "' is not supported (none and linear are)");
