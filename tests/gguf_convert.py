@@ -28,8 +28,9 @@ def _copy_field(writer: gguf.GGUFWriter, key: str, field) -> None:
         writer.add_key_value(key, field.parts[-1][0].item(), vtype)
 
 
-def convert(src: str, dst: str, type_name: str) -> str:
-    """Write dst with every 2-D weight in type_name (1-D tensors stay F32)."""
+def convert(src: str, dst: str, type_name: str, transform=None) -> str:
+    """Write dst with every 2-D weight in type_name (1-D tensors stay F32).
+    transform(name, values) -> values may change a tensor on the way."""
     qtype = getattr(gguf.GGMLQuantizationType, type_name)
     reader = gguf.GGUFReader(src)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
@@ -43,6 +44,8 @@ def convert(src: str, dst: str, type_name: str) -> str:
     for t in reader.tensors:
         values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         values = values.reshape([int(d) for d in reversed(t.shape)])
+        if transform is not None:
+            values = np.ascontiguousarray(transform(t.name, values), dtype=np.float32)
         if values.ndim >= 2 and type_name != "F32":
             data = gguf.quants.quantize(values, qtype)
             writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
