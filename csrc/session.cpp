@@ -6,7 +6,8 @@
 
 #include <unistd.h>
 
-#include "cpu/forward-cpu.h"
+#include "backend.h"
+#include "cpu/thread-pool.h"
 #include "model/model.h"
 #include "sampling/sampler.h"
 #include "skip/skip-policy.h"
@@ -25,7 +26,7 @@ struct Session::Impl {
     std::shared_ptr<const Model> model;
     const Model::Impl& m;
     SessionParams params;
-    std::unique_ptr<CpuForward> forward;
+    std::unique_ptr<Backend> forward;
     std::vector<int32_t> cache_tokens;   // tokens whose keys/values are in the cache, in order
     std::vector<float> last_logits;      // (n_vocab)
 
@@ -73,7 +74,12 @@ Session::Session(std::shared_ptr<const Model> model, const SessionParams& params
         throw Error("the KV cache for n_ctx = " + std::to_string(p.n_ctx) + " needs " + std::to_string(kv_bytes / (1 << 30)) +
                     " GiB, more than this machine's " + std::to_string(ram / (1 << 30)) + " GiB of memory; lower n_ctx");
     impl_ = std::make_unique<Impl>(std::move(model), p);
-    impl_->forward = std::make_unique<CpuForward>(impl_->m, p.n_ctx, p.n_batch, p.n_threads, p.n_threads_batch);
+    BackendParams bp;
+    bp.n_ctx = p.n_ctx;
+    bp.n_batch = p.n_batch;
+    bp.n_threads = p.n_threads;
+    bp.n_threads_batch = p.n_threads_batch;
+    impl_->forward = make_backend(p.backend, impl_->m, bp);
     impl_->last_logits.assign(hp.n_vocab, 0.0f);
 }
 
@@ -81,6 +87,7 @@ Session::~Session() = default;
 
 const Model& Session::model() const { return *impl_->model; }
 int32_t Session::n_ctx() const { return impl_->params.n_ctx; }
+const char* Session::backend() const { return impl_->forward->name(); }
 int32_t Session::n_past() const { return (int32_t)impl_->cache_tokens.size(); }
 const std::vector<float>& Session::last_logits() const { return impl_->last_logits; }
 const GenerateResult& Session::result() const { return impl_->result; }

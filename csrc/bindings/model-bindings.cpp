@@ -127,7 +127,8 @@ void bind_model(py::module_& m) {
         .def_readwrite("n_threads", &SessionParams::n_threads)
         .def_readwrite("n_threads_batch", &SessionParams::n_threads_batch)
         .def_readwrite("n_batch", &SessionParams::n_batch)
-        .def_readwrite("skip", &SessionParams::skip);
+        .def_readwrite("skip", &SessionParams::skip)
+        .def_readwrite("backend", &SessionParams::backend);
 
     py::class_<SamplingParams>(m, "SamplingParams")
         .def(py::init<>())
@@ -176,6 +177,7 @@ void bind_model(py::module_& m) {
              }),
              py::arg("model"), py::arg("params") = SessionParams{})
         .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("backend", &Session::backend)
         .def_property_readonly("n_past", &Session::n_past)
         .def("begin", &Session::begin, py::arg("prompt"), py::arg("params"), py::call_guard<py::gil_scoped_release>())
         .def("begin_tokens", &Session::begin_tokens, py::arg("tokens"), py::arg("params"), py::call_guard<py::gil_scoped_release>())

@@ -13,10 +13,10 @@
 
 namespace ffnskip {
 
-CpuForward::CpuForward(const Model::Impl& model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-                       int32_t n_threads_batch)
-    : m_(model) {
+CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : m_(model) {
     const HParams& hp = model.hp;
+    const int32_t n_ctx = params.n_ctx, n_batch = params.n_batch;
+    const int32_t n_threads = params.n_threads, n_threads_batch = params.n_threads_batch;
     kv_.n_ctx = n_ctx;
     kv_.n_layer = hp.n_layer;
     kv_.kv_width = hp.n_head_kv * hp.head_dim;

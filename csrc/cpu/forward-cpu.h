@@ -5,9 +5,8 @@
 #include <memory>
 #include <vector>
 
+#include "backend.h"
 #include "cpu/thread-pool.h"
-#include "model/model.h"
-#include "skip/skip-policy.h"
 
 namespace ffnskip {
 
@@ -40,10 +39,10 @@ struct RunState {
     std::vector<uint8_t> act;      // activations converted to a weight's vec_dot type
 };
 
-class CpuForward {
+class CpuForward : public Backend {
   public:
-    CpuForward(const Model::Impl& model, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-               int32_t n_threads_batch);
+    CpuForward(const Model::Impl& model, const BackendParams& params);
+    const char* name() const override { return "cpu"; }
 
     // Evaluates n tokens (1 <= n <= n_batch) at positions pos .. pos+n-1, writing their
     // keys and values into the cache. Returns the logits of the last token, or of all
@@ -52,10 +51,10 @@ class CpuForward {
     // caller has called skip->begin_step and calls end_step after; for prompt batches
     // only the policy's position-independent removals apply.
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
-                         SkipSchedule* skip = nullptr, bool decode_step = false);
+                         SkipSchedule* skip, bool decode_step) override;
 
     int32_t n_ctx() const { return kv_.n_ctx; }
-    int32_t n_batch() const { return s_.n_batch; }
+    int32_t n_batch() const override { return s_.n_batch; }
     uint64_t kv_bytes() const { return (kv_.k.size() + kv_.v.size()) * sizeof(uint16_t); }
 
   private:

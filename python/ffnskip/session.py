@@ -59,6 +59,7 @@ class Session:
         n_threads_batch: int = 0,
         n_batch: int = 512,
         skip: SkipSpec = None,
+        backend: str = "cpu",
     ) -> None:
         self.model = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model))
         params = _core.SessionParams()
@@ -67,6 +68,7 @@ class Session:
         params.n_threads_batch = n_threads_batch
         params.n_batch = n_batch
         params.skip = skip_config(skip)
+        params.backend = backend
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
         self.last_result: Completion | None = None
@@ -77,6 +79,11 @@ class Session:
 
     def detokenize(self, tokens: Sequence[int], render_special: bool = True) -> str:
         return self.model.detokenize(list(tokens), render_special)
+
+    @property
+    def backend(self) -> str:
+        """The backend running this session: "cpu" or "cuda"."""
+        return self._native.backend
 
     @property
     def n_ctx(self) -> int:

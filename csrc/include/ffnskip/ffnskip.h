@@ -160,6 +160,7 @@ struct SessionParams {
     int32_t n_threads_batch = 0;  // prompt-processing threads; 0 = n_threads
     int32_t n_batch = 512;      // prompt tokens per forward pass
     SkipConfig skip;            // default for generate calls that give none
+    std::string backend = "cpu";  // "cpu", "cuda" or "auto" (the GPU when usable)
 };
 
 struct SamplingParams {
@@ -219,6 +220,7 @@ class Session {
     Session& operator=(const Session&) = delete;
 
     const Model& model() const;
+    const char* backend() const;            // the backend in use: "cpu", "cuda"
     int32_t n_ctx() const;
     int32_t n_past() const;                 // tokens in the KV cache
 

@@ -1,0 +1,43 @@
+// A compute backend runs the forward pass for a Session: it owns the KV cache and
+// activation buffers on its device. The CPU backend is always there; others are
+// created by name when they were compiled in and a device is usable.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+#include "skip/skip-policy.h"
+
+namespace ffnskip {
+
+struct BackendParams {
+    int32_t n_ctx = 0;
+    int32_t n_batch = 0;
+    int32_t n_threads = 1;        // CPU threads for decode
+    int32_t n_threads_batch = 1;  // CPU threads for prompt batches
+};
+
+class Backend {
+  public:
+    virtual ~Backend() = default;
+    virtual const char* name() const = 0;
+    virtual int32_t n_batch() const = 0;
+    // Evaluates n tokens (1 <= n <= n_batch) at positions pos .. pos+n-1, writing their
+    // keys and values into the cache; returns host logits of the last token, or of all
+    // n tokens (row-major) when all_logits, valid until the next call.
+    // `skip` may be null (full model). For a decode step (n == 1, decode_step) the
+    // caller has called skip->begin_step and calls skip->end_step afterwards; the
+    // backend asks the schedule (or runs the same rules on its device and reports the
+    // outcome to it) which blocks to leave out. For prompt batches only the policy's
+    // position-independent removals apply.
+    virtual const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                                 SkipSchedule* skip, bool decode_step) = 0;
+};
+
+// "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws
+// ffnskip::Error naming why a requested backend cannot run.
+std::unique_ptr<Backend> make_backend(const std::string& name, const Model::Impl& model, const BackendParams& params);
+
+}  // namespace ffnskip
