@@ -66,6 +66,7 @@ class Session:
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
         self.last_result: Completion | None = None
+        self._generation = 0   # counts begun generations; a stream acts only on its own
 
     # ---- tokens -----------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -85,11 +86,13 @@ class Session:
 
     def reset(self) -> None:
         """Empty the KV cache."""
+        self._generation += 1
         self._native.reset()
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
         (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab))."""
+        self._generation += 1
         return self._native.eval(list(tokens), all_logits)
 
     @property
@@ -131,25 +134,30 @@ class Session:
         top_p (0.95), min_p (0.05), repeat_penalty (1.0), repeat_last_n (64),
         frequency_penalty, presence_penalty, seed (-1 = random), stop (str or list),
         ignore_eos, add_special, parse_special. Breaking out of the loop (or closing
-        the generator) stops decoding.
+        the generator) stops decoding. Starting another generation (stream, generate,
+        chat, eval, reset) ends an unfinished stream: it yields nothing more.
         """
         params = self._params(kwargs)
+        self._generation += 1
         self._begin(prompt, params)
-        return self._pieces()
+        return self._pieces(self._generation)
 
-    def _pieces(self) -> Iterator[str]:
+    def _pieces(self, generation: int) -> Iterator[str]:
+        # A stream left suspended must neither step nor cancel a later generation
+        # when it is resumed or garbage-collected.
         native = self._native
         try:
             more = not native.finished
-            while more:
+            while more and self._generation == generation:
                 more, piece = native.step()
                 if piece:
                     # Native pieces hold whole UTF-8 characters only.
                     yield piece.decode("utf-8", errors="replace")
         finally:
-            if not native.finished:
-                native.cancel()
-            self._record()
+            if self._generation == generation:
+                if not native.finished:
+                    native.cancel()
+                self._record()
 
     def _record(self) -> Completion:
         r = self._native.result()
