@@ -428,9 +428,9 @@ def test_two_sessions_in_two_threads(model):
 
 def test_long_calls_release_the_gil(synthetic_model):
     # While another thread is inside a long native eval, this thread keeps running.
-    m = ffnskip.Model(str(synthetic_model(n_embd=256, n_layer=4, n_ctx=1024, seed=12)))
-    s = ffnskip.Session(m, n_ctx=1024, n_threads=1)
-    ids = [(7 * i) % 300 + 3 for i in range(600)]
+    m = ffnskip.Model(str(synthetic_model(n_embd=128, n_layer=2, n_ctx=512, seed=12)))
+    s = ffnskip.Session(m, n_ctx=512, n_threads=1)
+    ids = [(7 * i) % 300 + 3 for i in range(400)]
     t0 = time.perf_counter()
     s.eval(ids)
     alone = time.perf_counter() - t0
