@@ -445,3 +445,33 @@ def test_long_calls_release_the_gil(synthetic_model):
     worker.join()
     gaps = np.diff(ticks) if len(ticks) > 1 else np.array([alone])
     assert len(ticks) > 10 and gaps.max() < 0.5 * alone, f"eval {alone:.3f}s, longest stall {gaps.max():.3f}s"
+
+
+# ---- type stub --------------------------------------------------------------------------
+
+def test_type_stub_covers_the_native_module():
+    """python/ffnskip/_core.pyi names every public function, class and member of _core."""
+    import ast
+    import inspect
+    import pathlib
+
+    stub = ast.parse((pathlib.Path(ffnskip.__file__).parent / "_core.pyi").read_text())
+    top: dict[str, set[str]] = {}
+    for node in stub.body:
+        if isinstance(node, ast.ClassDef):
+            top[node.name] = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AnnAssign))
+                              and isinstance(getattr(n, "name", None), str)}
+            top[node.name] |= {n.target.id for n in node.body
+                               if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+        elif isinstance(node, ast.FunctionDef):
+            top[node.name] = set()
+    core = ffnskip._core
+    for name in dir(core):
+        if name.startswith("__"):
+            continue
+        assert name in top, f"_core.{name} is missing from _core.pyi"
+        obj = getattr(core, name)
+        if inspect.isclass(obj) and not issubclass(obj, BaseException):
+            for member in vars(obj):
+                if not member.startswith("_"):
+                    assert member in top[name], f"_core.{name}.{member} is missing from _core.pyi"

@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._core import FfnskipError
 
     try:
-        return args.func(args)
+        return int(args.func(args))
     except BrokenPipeError:
         # the reader went away (`ffnskip info | head`): stop quietly, and keep Python
         # from failing again when it flushes stdout at exit

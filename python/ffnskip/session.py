@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -173,6 +173,16 @@ class Session:
         return self.last_result
 
     # ---- chat -----------------------------------------------------------------------
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: Literal[False] = ...,
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Completion: ...
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: Literal[True],
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Iterator[str]: ...
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool,
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Completion | Iterator[str]: ...
+
     def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool = False,
              add_generation_prompt: bool = True, **kwargs: Any) -> Completion | Iterator[str]:
         """Render ``messages`` with the model's chat template and generate the reply."""
