@@ -28,6 +28,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           encoding="utf-8", env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_generate_prints_prompt_and_continuation(smollm2_q4_1, shared_dir):
     ref = json.loads((shared_dir / "reference" / "greedy_q4_1.json").read_text())["prompts"]
     case = next(c for c in ref.values() if c["prompt"] == PROMPT)
@@ -44,6 +45,7 @@ def test_generate_prints_prompt_and_continuation(smollm2_q4_1, shared_dir):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_generate_with_stop_string(smollm2_q4_1):
     p = run_cli("generate", str(smollm2_q4_1), PROMPT, "-n", "16", "--stop", "\n")
     assert p.returncode == 0, p.stderr
@@ -75,6 +77,7 @@ def test_info_lists_metadata_and_tensor_types(synthetic_model):
         assert re.search(rf"^\s+{re.escape(t.name)}\s+{t.tensor_type.name}\s", p.stdout, re.M), t.name
 
 
+@pytest.mark.slow
 def test_info_on_the_real_model(smollm2_q4_1):
     p = run_cli("info", str(smollm2_q4_1))
     assert p.returncode == 0, p.stderr
@@ -105,6 +108,7 @@ def test_not_a_gguf_is_a_clear_error(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_bad_arguments(smollm2_q4_1):
     p = run_cli("generate", str(smollm2_q4_1), "hello", "-c", "-3")
     assert p.returncode == 1 and "n_ctx" in p.stderr and "Traceback" not in p.stderr

@@ -56,6 +56,7 @@ def _common_prefix(a, b) -> int:
 
 # ---- stream and generate ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stream_pieces_concatenate_to_text(model, paris):
     pieces, r, stats = paris
     assert pieces and all(isinstance(p, str) and p for p in pieces)
@@ -72,6 +73,7 @@ def test_stream_pieces_concatenate_to_text(model, paris):
     assert r.stats == stats
 
 
+@pytest.mark.slow
 def test_generate_equals_stream_and_reuses_the_prompt(model, paris):
     _, first, _ = paris
     s = ffnskip.Session(model, n_ctx=256)
@@ -87,6 +89,7 @@ def test_generate_equals_stream_and_reuses_the_prompt(model, paris):
     assert b.text == first.text
 
 
+@pytest.mark.slow
 def test_greedy_matches_llama_cpp(session, shared_dir):
     ref = json.loads((shared_dir / "reference" / "greedy_q4_1.json").read_text())
     n = 8
@@ -113,7 +116,8 @@ def test_greedy_matches_llama_cpp(session, shared_dir):
 
 # ---- stop conditions -----------------------------------------------------------------
 
-def test_max_tokens_zero(session):
+def test_max_tokens_zero(tiny):
+    session = ffnskip.Session(tiny, n_ctx=64)
     assert list(session.stream(PROMPT, max_tokens=0)) == []
     r = session.last_result
     assert (r.text, r.tokens, r.finish_reason) == ("", [], "length")
@@ -121,7 +125,8 @@ def test_max_tokens_zero(session):
     assert r.prompt_tokens == session.tokenize(PROMPT)
 
 
-def test_bad_arguments(session):
+def test_bad_arguments(tiny):
+    session = ffnskip.Session(tiny, n_ctx=64)
     with pytest.raises(ValueError):
         session.generate(PROMPT, max_tokens=-2)
     with pytest.raises(TypeError):
@@ -134,6 +139,7 @@ def test_bad_arguments(session):
         session.generate("")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [
     "United",                           # one token
     ["xyzzy", "population", "States"],  # a list: the earliest match wins
@@ -159,12 +165,14 @@ def test_stop_strings(model, session, paris, stop):
     assert r.tokens == paris[1].tokens[:n]
 
 
+@pytest.mark.slow
 def test_stop_string_not_hit(session, paris):
     r = session.generate(PROMPT, max_tokens=N_PARIS, stop=["zzz", "Rome"], **GREEDY)
     assert r.finish_reason == "length"
     assert r.text == paris[1].text
 
 
+@pytest.mark.slow
 def test_eos_and_ignore_eos(model, session):
     messages = [{"role": "user", "content": "Hi"}]
     r = session.chat(messages, max_tokens=40, **GREEDY)
@@ -209,6 +217,7 @@ def test_seed_determinism(tiny):
     assert any(o != a.tokens for o in others)
 
 
+@pytest.mark.slow
 def test_temperature_zero_is_argmax_of_eval(session):
     ids = session.tokenize(PROMPT)
     session.reset()
@@ -232,6 +241,7 @@ def test_top_k_one_is_greedy(tiny):
     assert free.tokens != greedy.tokens
 
 
+@pytest.mark.slow
 def test_repeat_penalty_changes_a_repetitive_continuation(session):
     prompt = "a b a b a b a b"
     plain = session.generate(prompt, max_tokens=6, **GREEDY)
@@ -243,6 +253,7 @@ def test_repeat_penalty_changes_a_repetitive_continuation(session):
 
 # ---- cancellation -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_break_cancels(session, paris):
     consumed = []
     for piece in session.stream(PROMPT, max_tokens=N_PARIS, **GREEDY):
@@ -285,6 +296,7 @@ def test_abandoned_stream_does_not_cancel_the_next(tiny):
 
 # ---- KV cache -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_prefix_reuse_and_reset(model, session):
     first = session.tokenize(PROMPT)
     longer = PROMPT + " Rome, and the capital of Italy is"
@@ -340,6 +352,7 @@ def _split_characters(model, tokens) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt, n", [
     ("中文：你好，世界。北京是中国的首都。上海是", 12),
     ("😀 😃 😄 😁 😆", 11),
@@ -368,6 +381,7 @@ def test_stream_of_random_bytes(tiny):
 
 # ---- chat ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_render_chat(model):
     assert "<|im_start|>" in model.metadata_string("tokenizer.chat_template")
     text = render_chat(model, [{"role": "user", "content": "Hi"}])
@@ -379,6 +393,7 @@ def test_render_chat(model):
     assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
 
 
+@pytest.mark.slow
 def test_chat_generates_and_streams(model, session):
     messages = [{"role": "user", "content": "Hi"}]
     r = session.chat(messages, max_tokens=40, **GREEDY)
@@ -397,13 +412,15 @@ def test_chat_generates_and_streams(model, session):
     [{"role": "user"}],
     [{"content": "Hi"}],
 ])
-def test_chat_bad_messages(session, messages):
+def test_chat_bad_messages(tiny, messages):
+    session = ffnskip.Session(tiny, n_ctx=64)
     with pytest.raises(ValueError):
         session.chat(messages, max_tokens=1)
 
 
 # ---- threads ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_sessions_in_two_threads(model):
     prompts = [PROMPT, "Water boils at a temperature of"]
     alone = [ffnskip.Session(model, n_ctx=128).generate(p, max_tokens=8, **GREEDY).tokens for p in prompts]

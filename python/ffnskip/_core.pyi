@@ -1,10 +1,10 @@
 """Type stub of the native module ffnskip._core (pybind11)."""
 from collections.abc import Sequence
-from typing import Never, TypeAlias, TypedDict
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Never, TypeAlias
 
 class _pybind11_type(type):
     """pybind11's metaclass of every class below (pybind11_builtins.pybind11_type)."""
