@@ -137,6 +137,15 @@ def test_bad_arguments(tiny):
         session.generate(PROMPT, temperature=-1.0)
     with pytest.raises(ValueError):
         session.generate("")
+    # wrong types and out-of-range ints name the argument
+    with pytest.raises(TypeError, match="max_tokens"):
+        session.generate(PROMPT, max_tokens=2**40)
+    with pytest.raises(TypeError, match="seed"):
+        session.generate(PROMPT, seed=2**64)
+    with pytest.raises(TypeError, match="temperature"):
+        session.generate(PROMPT, temperature="hot")
+    with pytest.raises(TypeError, match="stop"):
+        session.generate(PROMPT, stop=[1])
 
 
 @pytest.mark.slow
@@ -268,6 +277,18 @@ def test_break_cancels(session, paris):
     # the session goes on as if nothing happened
     again = session.generate(PROMPT, max_tokens=N_PARIS, **GREEDY)
     assert again.finish_reason == "length" and again.text == paris[1].text
+
+
+@pytest.mark.slow
+def test_cancel_keeps_only_delivered_text(session):
+    # " Paris" is one token; its "s" is held back as it may begin the stop string
+    stream = session.stream(PROMPT, max_tokens=N_PARIS, stop="s.\n\nTh", **GREEDY)
+    first = next(stream)
+    assert first == " Pari"
+    stream.close()
+    r = session.last_result
+    assert r.finish_reason == "cancelled" and len(r.tokens) == 1
+    assert r.text == " Pari"
 
 
 def test_close_cancels(tiny):

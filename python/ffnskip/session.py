@@ -40,6 +40,20 @@ def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
     }
 
 
+def _set_field(params: Any, key: str, value: Any) -> None:
+    # pybind11 rejects a wrong type or an out-of-range int with a long TypeError
+    # listing signatures; name the argument instead
+    try:
+        setattr(params, key, value)
+    except TypeError:
+        expected = type(getattr(params, key)).__name__
+        if key == "stop":
+            expected = "str or list of str"
+        elif expected == "int":
+            expected = "int (32-bit)" if key != "seed" else "int (64-bit)"
+        raise TypeError(f"generation argument {key}={value!r}: expected {expected}") from None
+
+
 class Session:
     """A model plus a KV cache and a sampler.
 
@@ -107,13 +121,13 @@ class Session:
         for key, value in kwargs.items():
             if key in _SAMPLING_FIELDS:
                 if value is not None:
-                    setattr(sampling, key, value)
+                    _set_field(sampling, key, value)
             elif key in _GENERATE_FIELDS:
                 if value is not None:
-                    setattr(params, key, value)
+                    _set_field(params, key, value)
             elif key == "stop":
                 if value is not None:
-                    params.stop = [value] if isinstance(value, str) else list(value)
+                    _set_field(params, key, [value] if isinstance(value, str) else list(value))
             else:
                 raise TypeError(f"unknown generation argument {key!r}")
         if params.max_tokens is not None and params.max_tokens < -1:
@@ -146,23 +160,29 @@ class Session:
         # A stream left suspended must neither step nor cancel a later generation
         # when it is resumed or garbage-collected.
         native = self._native
+        delivered: list[str] = []
         try:
             more = not native.finished
             while more and self._generation == generation:
                 more, piece = native.step()
                 if piece:
                     # Native pieces hold whole UTF-8 characters only.
-                    yield piece.decode("utf-8", errors="replace")
+                    text = piece.decode("utf-8", errors="replace")
+                    delivered.append(text)
+                    yield text
         finally:
             if self._generation == generation:
                 if not native.finished:
                     native.cancel()
-                self._record()
+                self._record("".join(delivered))
 
-    def _record(self) -> Completion:
+    def _record(self, delivered: str) -> Completion:
         r = self._native.result()
         self.last_stats = _stats_dict(r.stats)
-        self.last_result = Completion(r.text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
+        # A cancelled generation's text is what the caller received: the native
+        # result also holds text kept back as a possible stop-string start.
+        text = delivered if r.finish_reason == "cancelled" else r.text
+        self.last_result = Completion(text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
         return self.last_result
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion:
