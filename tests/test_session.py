@@ -403,6 +403,20 @@ def test_stream_of_random_bytes(tiny):
 # ---- chat ------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_render_chat_template_features(tiny):
+    # a template with a loop break and raise_exception, as Hugging Face templates use
+    template = ("{% for m in messages %}{% if m['role'] == 'bad' %}{{ raise_exception('no bad roles') }}{% endif %}"
+                "{{ m['role'] }}:{{ m['content'] }};{% if loop.index == 2 %}{% break %}{% endif %}{% endfor %}")
+    msgs = [{"role": "a", "content": "1"}, {"role": "b", "content": "2"}, {"role": "c", "content": "3"}]
+    assert render_chat(tiny, msgs, template=template) == "a:1;b:2;"
+    with pytest.raises(ValueError, match="no bad roles"):
+        render_chat(tiny, [{"role": "bad", "content": "x"}], template=template)
+    # a model without a template gets ChatML
+    assert render_chat(tiny, [{"role": "user", "content": "Hi"}]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
 def test_render_chat(model):
     assert "<|im_start|>" in model.metadata_string("tokenizer.chat_template")
     text = render_chat(model, [{"role": "user", "content": "Hi"}])
@@ -432,6 +446,7 @@ def test_chat_generates_and_streams(model, session):
     ["Hi"],
     [{"role": "user"}],
     [{"content": "Hi"}],
+    [{"role": "user", "content": 5}],
 ])
 def test_chat_bad_messages(tiny, messages):
     session = ffnskip.Session(tiny, n_ctx=64)
