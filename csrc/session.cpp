@@ -327,6 +327,10 @@ bool Session::step(std::string& piece) {
 
 void Session::cancel() {
     if (!impl_->running) return;
+    // Text held back (a possible stop string, an unfinished UTF-8 sequence) was never
+    // delivered: the result keeps only what the caller received.
+    impl_->held.clear();
+    impl_->utf8 = Utf8Stream();
     std::string piece;
     impl_->finish(FinishReason::cancelled, piece);
 }

@@ -26,8 +26,11 @@ def render_chat(model: Any, messages: Sequence[Mapping[str, str]], *, add_genera
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise ValueError(f"chat: message {i} must be a mapping with 'role' and 'content'")
+        if not isinstance(message["role"], str) or not isinstance(message["content"], str):
+            raise ValueError(f"chat: message {i}: 'role' and 'content' must be strings")
     source = template or model.metadata_string("tokenizer.chat_template") or CHATML_TEMPLATE
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # as transformers renders: trimmed blocks, {% break %} / {% continue %} allowed
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     bos = model.token_to_piece(model.bos).decode("utf-8", "replace") if model.bos >= 0 else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -120,8 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._core import FfnskipError
 
     try:
-        return args.func(args)
-    except (FfnskipError, ValueError, FileNotFoundError) as e:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (`ffnskip info | head`): stop quietly, and keep Python
+        # from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (FfnskipError, ValueError, OSError, RuntimeError) as e:
+        # RuntimeError: also a failed download of the default model
         print(f"ffnskip: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -42,6 +42,20 @@ def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
     }
 
 
+def _set_field(params: Any, key: str, value: Any) -> None:
+    # pybind11 rejects a wrong type or an out-of-range int with a long TypeError
+    # listing signatures; name the argument instead
+    try:
+        setattr(params, key, value)
+    except TypeError:
+        expected = type(getattr(params, key)).__name__
+        if key == "stop":
+            expected = "str or list of str"
+        elif expected == "int":
+            expected = "int (32-bit)" if key != "seed" else "int (64-bit)"
+        raise TypeError(f"generation argument {key}={value!r}: expected {expected}") from None
+
+
 class Session:
     """A model plus a KV cache and a sampler.
 
@@ -72,6 +86,7 @@ class Session:
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
         self.last_result: Completion | None = None
+        self._generation = 0   # counts begun generations; a stream acts only on its own
 
     # ---- tokens -----------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -96,6 +111,7 @@ class Session:
 
     def reset(self) -> None:
         """Empty the KV cache."""
+        self._generation += 1
         self._native.reset()
 
     @property
@@ -118,6 +134,7 @@ class Session:
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
         (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab))."""
+        self._generation += 1
         return self._native.eval(list(tokens), all_logits)
 
     @property
@@ -132,16 +149,20 @@ class Session:
         for key, value in kwargs.items():
             if key in _SAMPLING_FIELDS:
                 if value is not None:
-                    setattr(sampling, key, value)
+                    _set_field(sampling, key, value)
             elif key in _GENERATE_FIELDS:
                 if value is not None:
-                    setattr(params, key, value)
+                    _set_field(params, key, value)
             elif key == "stop":
                 if value is not None:
+<<<<<<< HEAD
                     params.stop = [value] if isinstance(value, str) else list(value)
             elif key == "skip":
                 params.use_session_skip = False
                 params.skip = skip_config(value)
+=======
+                    _set_field(params, key, [value] if isinstance(value, str) else list(value))
+>>>>>>> pyapi
             else:
                 raise TypeError(f"unknown generation argument {key!r}")
         if params.max_tokens is not None and params.max_tokens < -1:
@@ -161,32 +182,48 @@ class Session:
         Keyword arguments: max_tokens (128), temperature (0.8; 0 = greedy), top_k (40),
         top_p (0.95), min_p (0.05), repeat_penalty (1.0), repeat_last_n (64),
         frequency_penalty, presence_penalty, seed (-1 = random), stop (str or list),
+<<<<<<< HEAD
         ignore_eos, add_special, parse_special, skip (a policy name, a mapping of
         SkipConfig fields, a profile path or a SkipConfig, for this call only).
         Breaking out of the loop (or closing the generator) stops decoding.
+=======
+        ignore_eos, add_special, parse_special. Breaking out of the loop (or closing
+        the generator) stops decoding. Starting another generation (stream, generate,
+        chat, eval, reset) ends an unfinished stream: it yields nothing more.
+>>>>>>> pyapi
         """
         params = self._params(kwargs)
+        self._generation += 1
         self._begin(prompt, params)
-        return self._pieces()
+        return self._pieces(self._generation)
 
-    def _pieces(self) -> Iterator[str]:
+    def _pieces(self, generation: int) -> Iterator[str]:
+        # A stream left suspended must neither step nor cancel a later generation
+        # when it is resumed or garbage-collected.
         native = self._native
+        delivered: list[str] = []
         try:
             more = not native.finished
-            while more:
+            while more and self._generation == generation:
                 more, piece = native.step()
                 if piece:
                     # Native pieces hold whole UTF-8 characters only.
-                    yield piece.decode("utf-8", errors="replace")
+                    text = piece.decode("utf-8", errors="replace")
+                    delivered.append(text)
+                    yield text
         finally:
-            if not native.finished:
-                native.cancel()
-            self._record()
+            if self._generation == generation:
+                if not native.finished:
+                    native.cancel()
+                self._record("".join(delivered))
 
-    def _record(self) -> Completion:
+    def _record(self, delivered: str) -> Completion:
         r = self._native.result()
         self.last_stats = _stats_dict(r.stats)
-        self.last_result = Completion(r.text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
+        # A cancelled generation's text is what the caller received: the native
+        # result also holds text kept back as a possible stop-string start.
+        text = delivered if r.finish_reason == "cancelled" else r.text
+        self.last_result = Completion(text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
         return self.last_result
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion:
@@ -197,6 +234,16 @@ class Session:
         return self.last_result
 
     # ---- chat -----------------------------------------------------------------------
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: Literal[False] = ...,
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Completion: ...
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: Literal[True],
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Iterator[str]: ...
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool,
+             add_generation_prompt: bool = ..., **kwargs: Any) -> Completion | Iterator[str]: ...
+
     def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool = False,
              add_generation_prompt: bool = True, **kwargs: Any) -> Completion | Iterator[str]:
         """Render ``messages`` with the model's chat template and generate the reply."""
