@@ -37,7 +37,9 @@ SkipSchedule::SkipSchedule(const SkipConfig& config, int32_t n_layer, int32_t n_
     const SkipConfig& c = cfg_;
     if (!(c.threshold >= -1.0f && c.threshold <= 1.0f)) bad("threshold must be in [-1, 1], got " + std::to_string(c.threshold));
     if (c.cold_start < 0 || c.cold_end < 0) bad("cold_start and cold_end must be >= 0");
-    if (c.cold_start + c.cold_end > n_layer)
+    const bool uses_cold = c.policy == SkipPolicy::ffn_skip || c.policy == SkipPolicy::static_window ||
+                           c.policy == SkipPolicy::skipdecode;
+    if (uses_cold && c.cold_start + c.cold_end > n_layer)
         bad("cold_start + cold_end = " + std::to_string(c.cold_start + c.cold_end) + " exceeds the " +
             std::to_string(n_layer) + " layers");
     if (c.warmup < -1) bad("warmup must be >= 0 (or -1 = n_ctx / 64)");
@@ -53,7 +55,7 @@ SkipSchedule::SkipSchedule(const SkipConfig& config, int32_t n_layer, int32_t n_
     warmup_ = c.warmup >= 0 ? c.warmup : n_ctx / 64;
     // Share of post-warm-up steps that may skip: refresh steps run in full.
     const double skipping_share = c.refresh_every > 0 ? (double)(c.refresh_every - 1) / c.refresh_every : 1.0;
-    const int32_t non_cold = n_layer - c.cold_start - c.cold_end;
+    const int32_t non_cold = std::max(0, n_layer - c.cold_start - c.cold_end);
     max_skip_ = c.max_skip >= 0 ? c.max_skip : (int32_t)std::lround(c.target_ratio * n_layer / skipping_share);
     max_skip_ = std::min(max_skip_, non_cold);
     drop_probability_ = std::min(1.0, c.target_ratio / skipping_share);

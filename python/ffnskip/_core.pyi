@@ -157,11 +157,59 @@ class Model(metaclass=_pybind11_type):
 
 # ---- generation --------------------------------------------------------------------------
 
+class SkipConfig(metaclass=_pybind11_type):
+    policy: str             # full, ffn_skip, random, static, layers, shortgpt, skipdecode
+    threshold: float        # cosine that opens the skip window (ffn_skip)
+    cold_start: int         # FFNs of layers [0, cold_start) always run
+    cold_end: int           # FFNs of the last cold_end layers always run
+    warmup: int             # generated tokens run in full; -1 = n_ctx / 64
+    refresh_every: int      # every n-th post-warm-up step runs in full; 0 = never
+    max_skip: int           # FFNs skipped once the gate opens; -1 = from target_ratio
+    target_ratio: float
+    skipdecode_span: int
+    seed: int
+    layers: list[int]       # layers / shortgpt policies
+    record_masks: bool
+    record_cosines: bool
+    def __init__(self) -> None: ...
+
+class SkipStats(metaclass=_pybind11_type):
+    # no constructor: instances come from the engine (calling the class raises TypeError)
+    def __init__(self, *args: Never, **kwargs: Never) -> None: ...
+    @property
+    def n_layer(self) -> int: ...
+    @property
+    def n_steps(self) -> int: ...
+    @property
+    def n_steps_after_warmup(self) -> int: ...
+    @property
+    def ffn_total(self) -> int: ...
+    @property
+    def ffn_skipped(self) -> int: ...
+    @property
+    def ffn_total_after_warmup(self) -> int: ...
+    @property
+    def ffn_skipped_after_warmup(self) -> int: ...
+    @property
+    def layers_skipped(self) -> int: ...
+    @property
+    def skipped_per_layer(self) -> list[int]: ...
+    @property
+    def skip_ratio(self) -> float: ...
+    @property
+    def skip_ratio_after_warmup(self) -> float: ...
+    @property
+    def masks(self) -> npt.NDArray[np.uint8]: ...      # (n_steps, n_layer) when recorded, else (n_steps, 0)
+    @property
+    def cosines(self) -> npt.NDArray[np.float32]: ...  # (n_steps, n_layer) when recorded, NaN = not measured
+
 class SessionParams(metaclass=_pybind11_type):
     n_ctx: int              # KV cache length; 0 = min(n_ctx_train, 4096)
     n_threads: int          # 0 = all cores
     n_threads_batch: int    # prompt threads; 0 = n_threads
     n_batch: int
+    skip: SkipConfig        # default for calls that give none
+    backend: str            # "cpu", "cuda" or "auto"
     def __init__(self) -> None: ...
 
 class SamplingParams(metaclass=_pybind11_type):
@@ -183,6 +231,8 @@ class GenerateParams(metaclass=_pybind11_type):
     ignore_eos: bool
     add_special: bool
     parse_special: bool
+    use_session_skip: bool  # True: the session's SkipConfig; False: `skip`
+    skip: SkipConfig
     def __init__(self) -> None: ...
 
 class Stats(metaclass=_pybind11_type):
@@ -202,6 +252,8 @@ class Stats(metaclass=_pybind11_type):
     def prompt_tokens_per_second(self) -> float: ...
     @property
     def decode_tokens_per_second(self) -> float: ...
+    @property
+    def skip(self) -> SkipStats: ...
 
 class GenerateResult(metaclass=_pybind11_type):
     # no constructor: instances come from the engine (calling the class raises TypeError)
@@ -222,6 +274,8 @@ class Session(metaclass=_pybind11_type):
     @property
     def n_ctx(self) -> int: ...
     @property
+    def backend(self) -> str: ...
+    @property
     def n_past(self) -> int: ...
     def begin(self, prompt: str, params: GenerateParams) -> None: ...
     def begin_tokens(self, tokens: Sequence[int], params: GenerateParams) -> None: ...
@@ -234,3 +288,6 @@ class Session(metaclass=_pybind11_type):
     @property
     def last_logits(self) -> npt.NDArray[np.float32]: ...
     def reset(self) -> None: ...
+    skip_config: SkipConfig
+    def score_continuation(self, prompt: Sequence[int], continuation: Sequence[int],
+                           skip: SkipConfig) -> tuple[float, SkipStats]: ...

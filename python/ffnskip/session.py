@@ -155,14 +155,10 @@ class Session:
                     _set_field(params, key, value)
             elif key == "stop":
                 if value is not None:
-<<<<<<< HEAD
-                    params.stop = [value] if isinstance(value, str) else list(value)
+                    _set_field(params, key, [value] if isinstance(value, str) else list(value))
             elif key == "skip":
                 params.use_session_skip = False
                 params.skip = skip_config(value)
-=======
-                    _set_field(params, key, [value] if isinstance(value, str) else list(value))
->>>>>>> pyapi
             else:
                 raise TypeError(f"unknown generation argument {key!r}")
         if params.max_tokens is not None and params.max_tokens < -1:
@@ -182,15 +178,11 @@ class Session:
         Keyword arguments: max_tokens (128), temperature (0.8; 0 = greedy), top_k (40),
         top_p (0.95), min_p (0.05), repeat_penalty (1.0), repeat_last_n (64),
         frequency_penalty, presence_penalty, seed (-1 = random), stop (str or list),
-<<<<<<< HEAD
         ignore_eos, add_special, parse_special, skip (a policy name, a mapping of
         SkipConfig fields, a profile path or a SkipConfig, for this call only).
-        Breaking out of the loop (or closing the generator) stops decoding.
-=======
-        ignore_eos, add_special, parse_special. Breaking out of the loop (or closing
-        the generator) stops decoding. Starting another generation (stream, generate,
-        chat, eval, reset) ends an unfinished stream: it yields nothing more.
->>>>>>> pyapi
+        Breaking out of the loop (or closing the generator) stops decoding. Starting
+        another generation (stream, generate, chat, eval, reset) ends an unfinished
+        stream: it yields nothing more.
         """
         params = self._params(kwargs)
         self._generation += 1
