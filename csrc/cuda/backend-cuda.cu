@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <map>
 #include <stdexcept>
 
@@ -38,6 +39,14 @@ std::string gib(double bytes) {
 // ---- availability ------------------------------------------------------------------
 
 bool cuda_device_available(std::string* why) {
+    // The runtime is linked statically and opens the driver library itself; say so
+    // plainly when it is missing rather than "driver version is insufficient".
+    void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!driver) {
+        *why = "no NVIDIA driver (libcuda.so.1 could not be loaded)";
+        return false;
+    }
+    dlclose(driver);
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess) {
