@@ -140,6 +140,30 @@ void SkipSchedule::after_ffn(int il, double cosine) {
     }
 }
 
+SkipSchedule::StepPlan SkipSchedule::step_plan() const {
+    StepPlan p;
+    p.gate_live = cfg_.policy == SkipPolicy::ffn_skip && may_skip_ && !budget_spent_;
+    p.gate_first = gate_first_;
+    p.gate_last = gate_last_;
+    p.gate_stop = n_layer_ - cfg_.cold_end - 1;
+    p.threshold = cfg_.threshold;
+    p.max_skip = max_skip_;
+    p.exit_layer = exit_layer_;
+    p.ffn_skip = ffn_skip_.data();
+    p.layer_skip = layer_skip_.data();
+    return p;
+}
+
+void SkipSchedule::set_step_outcome(const uint8_t* ffn_skipped, const float* cosines) {
+    bool any_gate_skip = false;
+    for (int l = 0; l < n_layer_; l++) {
+        if (ffn_skipped[l] && !ffn_skip_[l] && !layer_skip_[l]) any_gate_skip = true;
+        ffn_skip_[l] = ffn_skipped[l] ? 1 : 0;
+        cosines_[l] = cosines[l];
+    }
+    if (any_gate_skip) budget_spent_ = true;
+}
+
 bool SkipSchedule::step_skipped_anything() const {
     for (int l = 0; l < n_layer_; l++)
         if (ffn_skip_[l] || layer_skip_[l]) return true;

@@ -43,6 +43,25 @@ class SkipSchedule {
     bool step_skipped_anything() const;   // before end_step
     void end_step();
 
+    // ---- the same step decided on a device (a GPU backend runs the gate itself) ----
+    // After begin_step: everything the step's rules need, so a device can apply them
+    // without asking per layer. The gate (ffn_skip only) looks after the FFN of layers
+    // gate_first..gate_last; when cos >= threshold after layer il it leaves out the FFNs
+    // of il+1 .. min(il + max_skip, gate_stop) and closes for the rest of the step.
+    struct StepPlan {
+        bool gate_live = false;           // ffn_skip policy and this step may skip
+        int32_t gate_first = 0, gate_last = -1, gate_stop = -1;
+        float threshold = 1.0f;
+        int32_t max_skip = 0;
+        int32_t exit_layer = 0;           // as exit_layer()
+        const uint8_t* ffn_skip = nullptr;    // (n_layer) FFNs left out before the gate looks
+        const uint8_t* layer_skip = nullptr;  // (n_layer) whole layers left out
+    };
+    StepPlan step_plan() const;
+    // The step's outcome from the device, before end_step: the FFNs left out (1 = skipped,
+    // whole-layer skips may be included) and the cosines measured (NaN = not measured).
+    void set_step_outcome(const uint8_t* ffn_skipped, const float* cosines);
+
     const SkipStats& stats() const { return stats_; }
 
   private:

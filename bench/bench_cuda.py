@@ -1,0 +1,196 @@
+"""Decode speed of the CUDA backend against the memory-bandwidth roofline.
+
+Run on a machine with a GPU, from the repository root, after building with CUDA:
+
+    pip install --no-build-isolation --no-deps . && python bench/bench_cuda.py --out /tmp/ffnskip-bench
+
+For each of LLaMA-2-7B and -13B shapes and each of F16, Q8_0, Q4_K it writes a
+random-weight GGUF (one model on disk at a time, deleted after use), then measures
+decode tokens/s with skipping off, with 25% of FFNs left out by a fixed layer list
+(policy "layers") and by the on-device gate (policy "ffn_skip", threshold -1 so the
+gate opens at its first layer every step). It prints, per run:
+  roofline   = bandwidth / weight bytes read per token  (tokens/s)
+  fraction   = measured / roofline                      (targets: F16 13B >= 0.85, Q4_K >= 0.60)
+  skip gain  = (speed-up - 1) / (ideal speed-up - 1), where ideal = bytes full / bytes skipped
+               (target >= 0.9: the skip turns at least 90% of the weight bytes it saves into time)
+Weights are random: speed does not depend on values. Quantized blocks are random bytes
+with small fp16 scales, as the tests make K-quant blocks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import gguf  # noqa: E402
+
+import ffnskip  # noqa: E402
+
+SHAPES = {   # n_embd, n_layer, n_head, n_ff
+    "7b": (4096, 32, 32, 11008),
+    "13b": (5120, 40, 40, 13824),
+}
+N_VOCAB = 32000
+# (bytes per block, elements per block, byte offsets of fp16 scales in a block)
+BLOCKS = {"Q8_0": (34, 32, (0,)), "Q4_K": (144, 256, (0, 2)), "Q6_K": (210, 256, (208,))}
+
+
+def matrix_bytes(rng, type_name, rows, cols):
+    """A (rows, cols) weight as GGUF stores it: F16 values, or raw quantized blocks."""
+    if type_name == "F16":
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+    size, per, scale_offsets = BLOCKS[type_name]
+    n_blocks = cols // per
+    raw = rng.integers(0, 256, size=(rows, n_blocks, size), dtype=np.uint8)
+    scales = (rng.random((rows, n_blocks), dtype=np.float32) * 1e-3 + 1e-4).astype(np.float16).view(np.uint8)
+    scales = scales.reshape(rows, n_blocks, 2)
+    for off in scale_offsets:
+        raw[:, :, off:off + 2] = scales
+    return raw.reshape(rows, n_blocks * size)
+
+
+def write_model(path, shape, type_name, seed=0):
+    """A LLaMA GGUF of the given shape; every layer shares its arrays (values do not matter)."""
+    from synthetic import gpt2_vocab
+
+    n_embd, n_layer, n_head, n_ff = shape
+    rng = np.random.default_rng(seed)
+    tokens, types, merges, bos, eos = gpt2_vocab(None)
+    # Fill to LLaMA's 32000 with tokens no merge produces (the decode loop only needs ids).
+    tokens = tokens + [f"<pad{i}>" for i in range(N_VOCAB - len(tokens))]
+    types = list(types) + [gguf.TokenType.USER_DEFINED] * (N_VOCAB - len(types))
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(f"random-{n_layer}L-{type_name}")
+    w.add_block_count(n_layer)
+    w.add_context_length(4096)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_vocab_size(N_VOCAB)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([int(t) for t in types])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
+
+    qtype = gguf.GGMLQuantizationType[type_name]
+    cache = {}
+
+    def add(name, rows, cols):
+        key = (rows, cols)
+        if key not in cache:
+            cache[key] = matrix_bytes(rng, type_name, rows, cols)
+        arr = cache[key]
+        w.add_tensor(name, arr, raw_dtype=None if type_name == "F16" else qtype)
+
+    norm = np.ones(n_embd, dtype=np.float32)
+    add("token_embd.weight", N_VOCAB, n_embd)
+    w.add_tensor("output_norm.weight", norm)
+    add("output.weight", N_VOCAB, n_embd)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        w.add_tensor(p + "attn_norm.weight", norm)
+        w.add_tensor(p + "ffn_norm.weight", norm)
+        for t, rows, cols in (("attn_q", n_embd, n_embd), ("attn_k", n_embd, n_embd), ("attn_v", n_embd, n_embd),
+                              ("attn_output", n_embd, n_embd), ("ffn_gate", n_ff, n_embd), ("ffn_up", n_ff, n_embd),
+                              ("ffn_down", n_embd, n_ff)):
+            add(p + t + ".weight", rows, cols)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def bytes_per_token(shape, type_name, skipped_ffns=0):
+    """Weight bytes one decode step reads: every matrix but the embedding table (one row)."""
+    n_embd, n_layer, _, n_ff = shape
+    if type_name == "F16":
+        per_elem = 2.0
+    else:
+        size, per, _ = BLOCKS[type_name]
+        per_elem = size / per
+    attn = 4 * n_embd * n_embd * per_elem
+    ffn = 3 * n_embd * n_ff * per_elem
+    return n_layer * attn + (n_layer - skipped_ffns) * ffn + N_VOCAB * n_embd * per_elem
+
+
+def decode_speed(session, n_tokens, skip):
+    session.reset()
+    r = session.generate([1, 500, 2000, 7000], max_tokens=n_tokens, temperature=0, ignore_eos=True, skip=skip)
+    assert len(r.tokens) == n_tokens, len(r.tokens)
+    return r.stats["decode_tokens_per_second"], r.stats.get("skip_ratio_after_warmup", r.stats.get("skip_ratio"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/ffnskip-bench", help="folder for the GGUFs (one at a time)")
+    ap.add_argument("--shapes", default="7b,13b")
+    ap.add_argument("--types", default="F16,Q8_0,Q4_K")
+    ap.add_argument("--tokens", type=int, default=128, help="decode steps per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per setting (median)")
+    ap.add_argument("--bandwidth", type=float, default=4.8e12, help="memory bandwidth in bytes/s (H200: 4.8e12)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if "cuda" not in ffnskip.available_backends():
+        sys.exit("this build of ffnskip has no CUDA backend")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
+        n_layer = shape[1]
+        n_skip = math.ceil(0.25 * n_layer)
+        middle = list(range((n_layer - n_skip) // 2, (n_layer - n_skip) // 2 + n_skip))
+        for type_name in args.types.split(","):
+            path = out / f"llama-{shape_name}-{type_name}.gguf"
+            t0 = time.time()
+            write_model(path, shape, type_name)
+            print(f"# {path.name}: {path.stat().st_size / 2**30:.1f} GiB written in {time.time() - t0:.0f} s", flush=True)
+            session = ffnskip.Session(str(path), n_ctx=512, backend="cuda")
+            settings = {
+                "full": (None, 0),
+                "layers25": (dict(policy="layers", layers=middle), n_skip),
+                "gate25": (dict(policy="ffn_skip", threshold=-1.0, cold_start=middle[0], cold_end=n_layer - middle[-1] - 1,
+                                warmup=0, refresh_every=0, max_skip=n_skip), n_skip),
+            }
+            decode_speed(session, 8, None)   # warm-up: graph capture, clocks
+            speeds = {}
+            for name, (skip, skipped) in settings.items():
+                runs = [decode_speed(session, args.tokens, skip) for _ in range(args.repeats)]
+                tps = float(np.median([r[0] for r in runs]))
+                roof = args.bandwidth / bytes_per_token(shape, type_name, skipped)
+                speeds[name] = tps
+                row = dict(shape=shape_name, type=type_name, setting=name, tokens_per_s=tps, roofline=roof,
+                           fraction=tps / roof, skip_ratio=runs[-1][1])
+                if skipped:
+                    ideal = bytes_per_token(shape, type_name) / bytes_per_token(shape, type_name, skipped)
+                    row["speedup"] = tps / speeds["full"]
+                    row["ideal_speedup"] = ideal
+                    row["skip_gain"] = (row["speedup"] - 1) / (ideal - 1)
+                results.append(row)
+                extra = (f"  speed-up {row['speedup']:.3f} of ideal {row['ideal_speedup']:.3f} (gain {row['skip_gain']:.2f})"
+                         if skipped else "")
+                print(f"{shape_name:4} {type_name:5} {name:9} {tps:8.1f} tok/s  roofline {roof:8.1f}  "
+                      f"fraction {tps / roof:.3f}{extra}", flush=True)
+            del session
+            path.unlink()
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

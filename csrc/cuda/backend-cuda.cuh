@@ -1,0 +1,108 @@
+// The CUDA backend: the forward pass of csrc/cpu/forward-cpu.cpp on one GPU.
+//
+// Weights are uploaded once. A decode step (one token) runs entirely on the device
+// as one CUDA graph, captured at the first step and replayed: the host writes the
+// step's inputs (token, position, the skip policy's plan) into a small device block,
+// launches the graph, and copies back the logits with the step's skip mask and
+// cosines; that copy is the only synchronisation per token. The FFN-Skip gate is a
+// kernel (skip-gate.cu) that writes skip words which the FFN kernels of later layers
+// read. Prompt batches run eagerly: cuBLAS GEMMs (quantized weights de-quantized to
+// F16 tiles first), with the policy's position-independent removals decided on the host.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cuda/cublas-dl.h"
+#include "cuda/gemv.cuh"
+#include "cuda/rope.cuh"
+#include "cuda/skip-gate.cuh"
+
+namespace ffnskip {
+
+struct CudaLayer {
+    const float* attn_norm = nullptr;   // (n_embd)
+    cuda::DeviceMatrix wq, wk, wv, wo;  // as LayerWeights
+    const float* ffn_norm = nullptr;    // (n_embd)
+    cuda::DeviceMatrix ffn_gate, ffn_up, ffn_down;
+};
+
+// The per-step block in device memory (and its pinned host mirror), int32 words:
+struct StepBlock {
+    int32_t* pos = nullptr;                // (1) position of the first token
+    cuda::GateRules* rules = nullptr;      // the gate's rules for this step
+    int32_t* tokens = nullptr;             // (n_batch)
+    int32_t* skip_attn = nullptr;          // (n_layer) 1: attention of the layer left out
+    int32_t* skip_kv = nullptr;            // (n_layer) 1: no keys/values stored either
+    int32_t* skip_ffn = nullptr;           // (n_layer) 1: FFN left out (written by the gate too)
+    float* cosines = nullptr;              // (n_layer) measured by the gate; NaN = not measured
+    size_t bytes = 0;
+    void place(void* base, int32_t n_batch, int32_t n_layer);
+};
+
+class CudaForward : public Backend {
+  public:
+    CudaForward(const Model::Impl& model, const BackendParams& params);
+    ~CudaForward() override;
+    CudaForward(const CudaForward&) = delete;
+    CudaForward& operator=(const CudaForward&) = delete;
+
+    const char* name() const override { return "cuda"; }
+    int32_t n_batch() const override { return n_batch_; }
+    const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits, SkipSchedule* skip,
+                         bool decode_step) override;
+
+  private:
+    void check_supported() const;
+    void release();
+    void allocate_and_upload();
+    // Issues the kernels of one forward pass on stream_. device_skip: every skippable
+    // kernel reads its skip word (decode steps, graph-capturable); otherwise `prompt_skip`
+    // (may be null) decides on the host which blocks are launched.
+    void encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip);
+    void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip);
+    void gemm(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);
+    void write_step_plan(const SkipSchedule* skip);
+    __half* k_cache(int layer) const { return k_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
+    __half* v_cache(int layer) const { return v_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
+
+    const Model::Impl& m_;
+    int32_t n_ctx_ = 0, n_batch_ = 0, kv_width_ = 0;
+    int device_ = 0;
+    cudaStream_t stream_ = nullptr;
+    const cuda::CublasApi* blas_ = nullptr;
+    cublasHandle_t blas_handle_ = nullptr;
+    bool use_graph_ = true;
+    cudaGraphExec_t graph_ = nullptr;
+
+    // Device memory: one allocation, carved up in allocate_and_upload.
+    void* arena_ = nullptr;
+    std::vector<CudaLayer> layers_;
+    cuda::DeviceMatrix token_embd_, output_;
+    const float* output_norm_ = nullptr;    // (n_embd)
+    cuda::RopeParams rope_;
+    __half* k_cache_ = nullptr;             // (n_layer, n_ctx, kv_width)
+    __half* v_cache_ = nullptr;             // (n_layer, n_ctx, kv_width)
+    float *x_ = nullptr, *xb_ = nullptr, *xb2_ = nullptr;   // (n_batch, n_embd)
+    float *q_ = nullptr, *att_ = nullptr;   // (n_batch, n_head * head_dim)
+    float *k_ = nullptr, *v_ = nullptr;     // (n_batch, kv_width)
+    float *hb_ = nullptr, *hb2_ = nullptr;  // (n_batch, n_ff)
+    float* logits_ = nullptr;               // (n_batch, n_vocab)
+    void* act16_ = nullptr;                 // (n_batch, max n_in) F16/BF16 GEMM activations
+    __half* tile_ = nullptr;                // (tile_elems_) de-quantized weight rows
+    int64_t tile_elems_ = 0;
+    StepBlock step_d_;                      // device
+
+    // Pinned host memory.
+    void* step_host_mem_ = nullptr;
+    StepBlock step_h_;
+    float* logits_host_ = nullptr;          // (n_batch, n_vocab)
+    std::vector<uint8_t> mask_;             // (n_layer) outcome for the schedule
+};
+
+}  // namespace ffnskip

@@ -1,0 +1,40 @@
+// Weight matrices on the device: de-quantizing matrix-vector products for decode,
+// de-quantization to F16 tiles for the prompt GEMMs, and embedding rows.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/quant.h"
+
+namespace ffnskip {
+namespace cuda {
+
+// A weight matrix in device memory, laid out exactly as in the GGUF file:
+// n_out rows of n_in elements, each row row_bytes long; y = W x.
+struct DeviceMatrix {
+    GgmlType type = GgmlType::F32;
+    int64_t n_in = 0;
+    int64_t n_out = 0;
+    size_t row_bytes = 0;
+    const uint8_t* data = nullptr;
+};
+
+// Types the kernels decode: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K.
+// Rows must hold a multiple of 32 elements.
+bool matrix_type_supported(GgmlType type);
+
+// y[r] = sum_i W[r, i] x[i] for one token (x, y float). Returns at once when *skip != 0.
+void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream);
+
+// Rows [row0, row0 + n_rows) of W as F16, row-major (n_rows, n_in), for cuBLAS.
+void dequantize_rows_f16(const DeviceMatrix& W, int64_t row0, int64_t n_rows, __half* out, cudaStream_t stream);
+
+// out[t] = row tokens[t] of W as float (n tokens; the ids are read on the device).
+void embed_rows(const DeviceMatrix& W, const int32_t* tokens, int n, float* out, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace ffnskip

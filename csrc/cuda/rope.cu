@@ -1,0 +1,86 @@
+#include "cuda/rope.cuh"
+
+#include "cuda/cuda-common.cuh"
+
+namespace ffnskip {
+namespace cuda {
+
+namespace {
+
+// cos and sin of the angle of pair i at position p. theta is built by repeated
+// multiplication in float, as the CPU (and llama.cpp) do, so the angles round alike.
+__device__ void rope_angle(int p, int i, const RopeParams& rp, float* c, float* s) {
+    float theta = (float)p;
+    for (int j = 0; j < i; j++) theta *= rp.theta_scale;
+    const float t = rp.freq_scale * (rp.freq_factors ? theta / rp.freq_factors[i] : theta);
+    *c = cosf(t);
+    *s = sinf(t);
+}
+
+// One thread per (token, head, pair).
+__global__ void rope_kernel(float* q, int n_tokens, int n_heads, RopeParams rp, const int* pos, const int* skip) {
+    if (skipped(skip)) return;
+    const int half = rp.n_rot / 2;
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)n_tokens * n_heads * half) return;
+    const int i = (int)(idx % half);
+    const int h = (int)((idx / half) % n_heads);
+    const int t = (int)(idx / ((int64_t)half * n_heads));
+    float c, s;
+    rope_angle(*pos + t, i, rp, &c, &s);
+    float* v = q + ((int64_t)t * n_heads + h) * rp.head_dim;
+    const float x0 = v[2 * i], x1 = v[2 * i + 1];
+    v[2 * i] = x0 * c - x1 * s;
+    v[2 * i + 1] = x0 * s + x1 * c;
+}
+
+// One thread per (token, kv head, pair of elements): pairs below n_rot rotate, the
+// rest pass through.
+__global__ void rope_store_kernel(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens,
+                                  int n_head_kv, RopeParams rp, const int* pos, const int* skip) {
+    if (skipped(skip)) return;
+    const int pairs = rp.head_dim / 2;
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (int64_t)n_tokens * n_head_kv * pairs) return;
+    const int i = (int)(idx % pairs);
+    const int h = (int)((idx / pairs) % n_head_kv);
+    const int t = (int)(idx / ((int64_t)pairs * n_head_kv));
+    const int kv_width = n_head_kv * rp.head_dim;
+    const int p = *pos + t;
+    const int64_t src = (int64_t)t * kv_width + (int64_t)h * rp.head_dim + 2 * i;
+    const int64_t dst = (int64_t)p * kv_width + (int64_t)h * rp.head_dim + 2 * i;
+    float x0 = k[src], x1 = k[src + 1];
+    if (2 * i < rp.n_rot) {
+        float c, s;
+        rope_angle(p, i, rp, &c, &s);
+        const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+        x0 = r0;
+        x1 = r1;
+    }
+    k_cache[dst] = __float2half_rn(x0);
+    k_cache[dst + 1] = __float2half_rn(x1);
+    v_cache[dst] = __float2half_rn(v[src]);
+    v_cache[dst + 1] = __float2half_rn(v[src + 1]);
+}
+
+unsigned blocks(int64_t n) { return (unsigned)((n + 127) / 128); }
+
+}  // namespace
+
+void rope_inplace(float* q, int n_tokens, int n_heads, const RopeParams& rp, const int* pos, const int* skip,
+                  cudaStream_t stream) {
+    const int64_t n = (int64_t)n_tokens * n_heads * (rp.n_rot / 2);
+    if (n == 0) return;
+    rope_kernel<<<blocks(n), 128, 0, stream>>>(q, n_tokens, n_heads, rp, pos, skip);
+    FFNSKIP_CUDA_LAUNCHED();
+}
+
+void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
+                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream) {
+    const int64_t n = (int64_t)n_tokens * n_head_kv * (rp.head_dim / 2);
+    rope_store_kernel<<<blocks(n), 128, 0, stream>>>(k, v, k_cache, v_cache, n_tokens, n_head_kv, rp, pos, skip);
+    FFNSKIP_CUDA_LAUNCHED();
+}
+
+}  // namespace cuda
+}  // namespace ffnskip

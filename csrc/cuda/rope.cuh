@@ -1,0 +1,31 @@
+// Rotary position embedding (llama.cpp's "normal" mode: adjacent pairs rotate) and
+// the store of rotated keys and values into the F16 cache.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ffnskip {
+namespace cuda {
+
+struct RopeParams {
+    int n_rot = 0;              // rotated dimensions per head (even, <= head_dim)
+    int head_dim = 0;
+    float theta_scale = 1.0f;   // freq_base^(-2 / n_rot), computed on the host as the CPU does
+    float freq_scale = 1.0f;
+    const float* freq_factors = nullptr;   // device (n_rot / 2) or null
+};
+
+// Rotates q (n_tokens, n_heads, head_dim) in place; token t sits at position *pos + t.
+void rope_inplace(float* q, int n_tokens, int n_heads, const RopeParams& rp, const int* pos, const int* skip,
+                  cudaStream_t stream);
+
+// Rotates k and stores k, v (n_tokens, kv_width) as fp16 at rows *pos + t of one
+// layer's caches k_cache, v_cache (n_ctx, kv_width).
+void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
+                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace ffnskip

@@ -1,0 +1,49 @@
+#include "cuda/skip-gate.cuh"
+
+#include "cuda/cuda-common.cuh"
+
+namespace ffnskip {
+namespace cuda {
+
+namespace {
+
+constexpr int GATE_THREADS = 1024;
+
+// One block: the residual is one token wide (n_embd elements).
+__global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
+                                         float* cosines, GateRules* rules) {
+    if (ffn_skip[layer] != 0) return;
+    __shared__ double scratch[32];
+    double ab = 0.0, aa = 0.0, bb = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float before = x[i];
+        const float after = before + f[i];
+        x[i] = after;
+        ab += (double)after * before;
+        aa += (double)after * after;
+        bb += (double)before * before;
+    }
+    ab = block_sum(ab, scratch);
+    aa = block_sum(aa, scratch);
+    bb = block_sum(bb, scratch);
+    if (threadIdx.x != 0) return;
+    const double c = (aa == 0.0 || bb == 0.0) ? 0.0 : ab / sqrt(aa * bb);
+    cosines[layer] = (float)c;
+    if (!rules->live || rules->spent || layer < rules->first || layer > rules->last) return;
+    if (c >= (double)rules->threshold) {
+        const int last = min(layer + rules->max_skip, rules->stop);
+        for (int l = layer + 1; l <= last; l++) ffn_skip[l] = 1;
+        rules->spent = 1;
+    }
+}
+
+}  // namespace
+
+void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip, float* cosines,
+                       GateRules* rules, cudaStream_t stream) {
+    residual_add_gate_kernel<<<1, GATE_THREADS, 0, stream>>>(x, f, n, layer, ffn_skip, cosines, rules);
+    FFNSKIP_CUDA_LAUNCHED();
+}
+
+}  // namespace cuda
+}  // namespace ffnskip

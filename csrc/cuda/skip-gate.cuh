@@ -1,0 +1,30 @@
+// The FFN-Skip gate on the device, fused with the FFN's residual add.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ffnskip {
+namespace cuda {
+
+// The gate's rules for one step (SkipSchedule::StepPlan), in device memory.
+struct GateRules {
+    int32_t live;          // 1: the gate may open this step
+    int32_t first, last;   // it looks after the FFNs of layers first .. last
+    int32_t stop;          // a window never reaches past this layer
+    int32_t max_skip;      // FFNs left out once it opens
+    float threshold;       // opens when cos(x after, x before) >= threshold
+    int32_t spent;         // set by the gate when it opened (once per step)
+};
+
+// For layer `layer`, unless ffn_skip[layer] != 0 (then nothing happens):
+//   x += f, cosines[layer] = cos(x after, x before) (double sums, as the CPU), and,
+//   when the rules allow and the cosine reaches the threshold, ffn_skip[layer + 1 ..
+//   min(layer + max_skip, stop)] = 1 and rules->spent = 1.
+// Later kernels of those FFNs read their ffn_skip words and return at once.
+void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip, float* cosines,
+                       GateRules* rules, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace ffnskip

@@ -1,0 +1,181 @@
+"""The CUDA backend against the CPU backend, and a compile check of it for CI.
+
+GPU tests skip unless this build has the CUDA backend and a GPU answers. Tolerances
+(the two backends round differently: the CPU multiplies quantized weights with 8-bit
+activations as llama.cpp does, the GPU with float or F16 activations and other
+summation orders): max |logit difference| <= 1e-3 * max |logit| for F32 weights,
+2e-2 * max |logit| for F16/BF16 and the quantized formats.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ffnskip
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+IDS = [5, 17, 200, 42, 99, 3, 150, 61, 8, 77, 120, 31]
+
+
+def _gpu_reason(path) -> str | None:
+    """None when a CUDA session can start, else why not."""
+    if "cuda" not in ffnskip.available_backends():
+        return "this build of ffnskip has no CUDA backend"
+    try:
+        ffnskip.Session(str(path), n_ctx=32, backend="cuda")
+    except ffnskip.FfnskipError as e:
+        return f"no usable GPU: {e}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def gpu(synthetic_model):
+    reason = _gpu_reason(synthetic_model(n_embd=256, n_layer=2, n_head=4, weight_type="F16"))
+    if reason:
+        pytest.skip(reason)
+
+
+def _tol(weight_type: str) -> float:
+    return 1e-3 if weight_type == "F32" else 2e-2
+
+
+def _close(got: np.ndarray, want: np.ndarray, rel: float):
+    scale = float(np.max(np.abs(want)))
+    err = float(np.max(np.abs(got - want)))
+    assert err <= rel * scale, f"max |diff| {err:.3g} > {rel} * {scale:.3g}"
+
+
+# ---- without a GPU -------------------------------------------------------------------
+
+def test_cuda_request_without_gpu_is_a_clear_error(synthetic_model):
+    path = synthetic_model(n_embd=64, n_layer=2, weight_type="F32")
+    if _gpu_reason(path) is None:
+        pytest.skip("a GPU is present")
+    with pytest.raises(ffnskip.FfnskipError, match="cuda"):
+        ffnskip.Session(str(path), n_ctx=32, backend="cuda")
+    assert ffnskip.Session(str(path), n_ctx=32, backend="auto").backend == "cpu"
+
+
+# ---- with a GPU: the CPU backend is the oracle ------------------------------------------
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("weight_type", TYPES)
+def test_logits_match_cpu(gpu, synthetic_model, weight_type):
+    path = str(synthetic_model(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, weight_type=weight_type, seed=3))
+    cpu = ffnskip.Session(path, n_ctx=64, backend="cpu")
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    assert gpu_s.backend == "cuda"
+    # Batched prompt (cuBLAS), then single decode steps (graph) on both.
+    _close(gpu_s.eval(IDS, all_logits=True), cpu.eval(IDS, all_logits=True), _tol(weight_type))
+    for t in (9, 44, 180):
+        _close(gpu_s.eval([t]), cpu.eval([t]), _tol(weight_type))
+
+
+def test_mixed_types_and_gqa_match_cpu(gpu, synthetic_model):
+    path = str(synthetic_model(n_embd=256, n_layer=2, n_head=8, n_head_kv=2, n_ff=768, weight_type="Q4_K",
+                               tensor_types={"blk.*.ffn_down.weight": "Q6_K", "token_embd.weight": "Q8_0"},
+                               tied_output=False, seed=5))
+    cpu = ffnskip.Session(path, n_ctx=64, backend="cpu").eval(IDS, all_logits=True)
+    got = ffnskip.Session(path, n_ctx=64, backend="cuda").eval(IDS, all_logits=True)
+    _close(got, cpu, 2e-2)
+
+
+def test_unsupported_type_is_a_clear_error(gpu, synthetic_model):
+    path = str(synthetic_model(n_embd=256, n_layer=2, weight_type="Q5_K"))
+    with pytest.raises(ffnskip.FfnskipError, match="Q5_K"):
+        ffnskip.Session(path, n_ctx=32, backend="cuda")
+
+
+def _generate(path, backend, **skip):
+    s = ffnskip.Session(path, n_ctx=128, backend=backend)
+    return s.generate(IDS[:7], max_tokens=24, temperature=0, skip=dict(record_masks=True, record_cosines=True, **skip))
+
+
+@pytest.mark.parametrize("skip", [
+    dict(policy="full"),
+    dict(policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=1, warmup=2, refresh_every=4, max_skip=2),
+    dict(policy="random", target_ratio=0.3, warmup=1, seed=4),
+    dict(policy="static", max_skip=2, cold_start=1, cold_end=1, warmup=0, refresh_every=0, seed=2),
+    dict(policy="layers", layers=[2, 3]),
+    dict(policy="shortgpt", layers=[3]),
+    dict(policy="skipdecode", target_ratio=0.25, warmup=1, skipdecode_span=8),
+])
+def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
+    # F32 weights: the backends' logits agree to ~1e-5, far below the greedy margins here.
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    want = _generate(path, "cpu", **skip)
+    got = _generate(path, "cuda", **skip)
+    assert got.tokens == want.tokens
+    np.testing.assert_array_equal(got.stats.get("skip_masks"), want.stats.get("skip_masks"))
+    if "cosines" in want.stats:
+        np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
+
+
+def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
+    """A threshold between the measured cosines: the gate opens on some steps only."""
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    cos = np.asarray(_generate(path, "cpu", policy="full").stats["cosines"])
+    v = np.sort(cos[:, 1:4][np.isfinite(cos[:, 1:4])].ravel())
+    gaps = np.diff(v)
+    i = int(np.argmax(gaps))
+    if gaps[i] < 1e-3:
+        pytest.skip("no gap between observed cosines wide enough for a rounding-safe threshold")
+    threshold = float((v[i] + v[i + 1]) / 2)
+    skip = dict(policy="ffn_skip", threshold=threshold, cold_start=2, cold_end=1, warmup=0, refresh_every=0, max_skip=2)
+    want = _generate(path, "cpu", **skip)
+    got = _generate(path, "cuda", **skip)
+    np.testing.assert_array_equal(got.stats["skip_masks"], want.stats["skip_masks"])
+    assert got.tokens == want.tokens
+
+
+@pytest.mark.slow
+def test_smollm2_logits_and_greedy_match_cpu(gpu, smollm2_q4_1):
+    cpu = ffnskip.Session(str(smollm2_q4_1), n_ctx=256, backend="cpu")
+    gpu_s = ffnskip.Session(str(smollm2_q4_1), n_ctx=256, backend="cuda")
+    ids = cpu.tokenize("The capital of France is")
+    _close(gpu_s.eval(ids, all_logits=True), cpu.eval(ids, all_logits=True), 2e-2)
+    cpu.reset()
+    gpu_s.reset()
+    a = cpu.generate("The capital of France is", max_tokens=32, temperature=0)
+    b = gpu_s.generate("The capital of France is", max_tokens=32, temperature=0)
+    # Near-ties may part the texts (Q4_1 with 8-bit vs float activations): demand a long common prefix.
+    common = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), len(a.tokens))
+    assert common >= 16, (a.tokens, b.tokens)
+
+
+# ---- CI: the CUDA backend compiles and links wherever nvcc and cuBLAS are present ----
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.path.exists(p)), None)
+
+
+def test_cuda_backend_compiles_and_links(tmp_path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("no nvcc: the CUDA backend is not built here")
+    if importlib.util.find_spec("nvidia.cu13") is None and not os.path.exists("/usr/local/cuda/include/cublas_v2.h"):
+        pytest.skip("no cuBLAS headers (pip install nvidia-cublas==13.1.0.3)")
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake")
+    # A persistent folder keeps reruns incremental; one virtual architecture keeps it short.
+    build = REPO_ROOT / "build" / "cuda-compile-check"
+    cmd = ["cmake", "-S", str(REPO_ROOT), "-B", str(build), "-DFFNSKIP_CUDA=ON", "-DFFNSKIP_PYTHON=OFF",
+           "-DFFNSKIP_TESTS=ON", "-DCMAKE_CUDA_ARCHITECTURES=90-virtual", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+           f"-DPython_EXECUTABLE={sys.executable}"]
+    if shutil.which("ninja"):
+        cmd += ["-G", "Ninja"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "CUDA backend: ON" in r.stdout
+    # ffnskip_tests links the engine library with its CUDA objects and the static runtime.
+    r = subprocess.run(["cmake", "--build", str(build), "--target", "ffnskip_tests"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-4000:]
