@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
@@ -132,7 +133,7 @@ def create_app(engine: Engine) -> FastAPI:
     # ---- status -----------------------------------------------------------------
     @app.get("/health")
     async def health() -> Dict[str, Any]:
-        return {"status": "ok", "model": engine.model_id, **engine.gauges()}
+        return {"status": "ok", "model": engine.model_id, "pid": os.getpid(), **engine.gauges()}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
