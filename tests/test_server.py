@@ -67,8 +67,20 @@ def tight_server(model_path):
         assert s.alive(), s.output()
 
 
-def client_for(server, **kwargs):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60, **kwargs)
+_clients: list = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients():
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def client_for(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    _clients.append(client)
+    return client
 
 
 def metrics(server) -> dict:
@@ -197,10 +209,10 @@ def test_per_request_skip_settings(server, oracle, model_id):
 
 # ---- concurrency ------------------------------------------------------------------------
 def test_eight_concurrent_streams(server, oracle, model_id):
-    wants = [oracle.generate(p, max_tokens=12, temperature=0).text for p in PROMPTS]
+    wants = [oracle.generate(p, max_tokens=8, temperature=0).text for p in PROMPTS]
 
     def run(prompt: str) -> str:
-        stream = client_for(server).completions.create(model=model_id, prompt=prompt, max_tokens=12,
+        stream = client_for(server).completions.create(model=model_id, prompt=prompt, max_tokens=8,
                                                        temperature=0, stream=True)
         return "".join(c.choices[0].text for c in stream if c.choices)
 
@@ -216,7 +228,7 @@ def test_health_responsive_during_generation(server, model_id):
 
     def long_request():
         try:
-            client.completions.create(model=model_id, prompt=PROMPTS[5], max_tokens=150, temperature=0,
+            client.completions.create(model=model_id, prompt=PROMPTS[5], max_tokens=60, temperature=0,
                                       extra_body={"ignore_eos": True})
         finally:
             done.set()
@@ -274,7 +286,8 @@ def test_queue_limit_answers_429(tight_server, model_id):
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", tight_server.url + "/v1/completions", json=body) as r:
             assert r.status_code == 200
-            next(line for line in r.iter_lines() if line.startswith("data: "))   # holds the one slot
+            lines = r.iter_lines()   # kept referenced: a dropped line iterator closes the stream
+            next(line for line in lines if line.startswith("data: "))   # holds the one slot
 
             def queued():
                 results["queued"] = client_for(tight_server).completions.create(
@@ -294,6 +307,25 @@ def test_queue_limit_answers_429(tight_server, model_id):
         t.join(60)   # the first stream is closed: the queued request is served
     assert results["queued"].usage.completion_tokens == 3
     assert health(tight_server)["queue_length"] == 0
+
+
+def test_client_leaving_the_queue_frees_its_place(tight_server, model_id):
+    body = {"model": model_id, "prompt": PROMPTS[6], "max_tokens": 400, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", tight_server.url + "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))   # holds the one slot
+            with pytest.raises(httpx.ReadTimeout):   # waits in the queue, then gives up
+                httpx.post(tight_server.url + "/v1/completions", json={"model": model_id, "prompt": "Hi", "max_tokens": 2},
+                           timeout=httpx.Timeout(60, read=1.0))
+            deadline = time.monotonic() + 5
+            while health(tight_server)["queue_length"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert health(tight_server)["queue_length"] == 0
+            assert health(tight_server)["slots_busy"] == 1
+    got = client_for(tight_server).completions.create(model=model_id, prompt="Hi", max_tokens=2)
+    assert got.usage.completion_tokens == 2
 
 
 # ---- bad input --------------------------------------------------------------------------
