@@ -87,6 +87,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import json
+
+    from .server import serve
+
+    skip = args.skip
+    if skip and skip.lstrip().startswith("{"):
+        try:
+            skip = json.loads(skip)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--skip: not valid JSON: {e}") from e
+    serve(_model_path(args.model_pos or args.model), host=args.host, port=args.port, slots=args.slots,
+          max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
+          model_name=args.model_name, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnskip", description="LLaMA-family GGUF inference with FFN skipping")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arg(i)
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.set_defaults(func=_cmd_info)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the [server] extra)")
+    sv.add_argument("model_pos", nargs="?", metavar="MODEL")
+    _add_model_arg(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--slots", type=int, default=1, help="sessions sharing the model: concurrent generations")
+    sv.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get HTTP 429")
+    sv.add_argument("-c", "--ctx", type=int, default=0, help="context length per slot (0 = model's, at most 4096)")
+    sv.add_argument("-t", "--threads", type=int, default=0, help="threads per slot (0 = cores / slots)")
+    sv.add_argument("--skip", help="default skip setting: a policy name, a profile .json, or a JSON object of "
+                                   "SkipConfig fields; requests may override it (default: full)")
+    sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=_cmd_serve)
     return parser
 
 
