@@ -5,6 +5,34 @@
 
 namespace ffnskip {
 
+// ---- attention inner loops ----------------------------------------------------------
+
+float dot_f32_f16_avx2(const float* q, const uint16_t* k, int n);
+void axpy_f16_avx2(float* out, float a, const uint16_t* v, int n);
+void fp32_to_fp16_row_avx2(uint16_t* dst, const float* src, int n);
+
+static float dot_f32_f16_scalar(const float* q, const uint16_t* k, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += q[i] * fp16_to_fp32(k[i]);
+    return sum;
+}
+
+static void axpy_f16_scalar(float* out, float a, const uint16_t* v, int n) {
+    for (int i = 0; i < n; i++) out[i] += a * fp16_to_fp32(v[i]);
+}
+
+static void fp32_to_fp16_row_scalar(uint16_t* dst, const float* src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = fp32_to_fp16(src[i]);
+}
+
+AttnKernels attn_kernels() {
+#if defined(__x86_64__) || defined(__i386__)
+    // simd_level() is "avx2" or better only after the CPUID/XGETBV check of F16C and FMA.
+    if (simd_level()[0] == 'a') return {dot_f32_f16_avx2, axpy_f16_avx2, fp32_to_fp16_row_avx2};
+#endif
+    return {dot_f32_f16_scalar, axpy_f16_scalar, fp32_to_fp16_row_scalar};
+}
+
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];

@@ -18,6 +18,15 @@ void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 void matmul(ThreadPool& pool, const WeightMatrix& W, const float* x, float* y, int n_tokens,
             std::vector<uint8_t>& scratch);
 
+// fp16 inner loops of attention; attn_kernels() picks SIMD or scalar versions (the
+// choice honours set_force_scalar at the time of the call).
+struct AttnKernels {
+    float (*dot_f16)(const float* q, const uint16_t* k, int n);      // sum q[i] * k[i]
+    void (*axpy_f16)(float* out, float a, const uint16_t* v, int n);  // out += a * v
+    void (*to_f16)(uint16_t* dst, const float* src, int n);           // round to nearest even
+};
+AttnKernels attn_kernels();
+
 // One embedding row, decoded to float.
 void embedding_row(const WeightMatrix& table, int32_t token, float* out);
 
