@@ -37,7 +37,7 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     s_.hb.resize(nb * hp.n_ff);
     s_.hb2.resize(nb * hp.n_ff);
     s_.logits.resize(nb * hp.n_vocab);
-    s_.act.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
+    s_.act.data.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
 
     pool_decode_ = std::make_unique<ThreadPool>(n_threads);
     if (n_threads_batch != n_threads) pool_batch_ = std::make_unique<ThreadPool>(n_threads_batch);
@@ -83,15 +83,16 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
 }
 
 // Keys and values of layer `layer` for the n tokens whose normalised residual is in
-// xb: project, rotate, store in the cache as fp16. Queries are left in q.
-void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos) {
+// xb: project, rotate, store in the cache as fp16. xb_converted: the query projection
+// has just converted xb (K and V reuse that when their type matches).
+void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos, bool xb_converted) {
     const HParams& hp = m_.hp;
     const LayerWeights& L = m_.w.layers[il];
     const int kv_width = kv_.kv_width;
     const float* rope_ff = m_.w.rope_freq_factors.empty() ? nullptr : m_.w.rope_freq_factors.data();
     const AttnKernels ak = attn_kernels();
-    matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act);
-    matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act);
+    matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act, xb_converted);
+    matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act, true);
     for (int t = 0; t < n; t++) {
         rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
         uint16_t* kc = kv_.k_at(il, pos + t);
@@ -126,7 +127,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
                 // skipdecode: later tokens attend to this position in every layer, so
                 // its keys and values come from the exit hidden state.
                 rmsnorm(s_.xb.data(), s_.x.data(), L.attn_norm.data(), D, hp.rms_eps);
-                store_kv(pool, il, 1, pos);
+                store_kv(pool, il, 1, pos, false);
             }
             continue;
         }
@@ -136,7 +137,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         matmul(pool, L.wq, s_.xb.data(), s_.q.data(), n, s_.act);
         for (int t = 0; t < n; t++)
             rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
-        store_kv(pool, il, n, pos);
+        store_kv(pool, il, n, pos, true);
         attention(pool, il, n, pos);
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
@@ -148,7 +149,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
         matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
-        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act);
+        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
         swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
         matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
         if (step && skip->wants_cosine(il)) {
