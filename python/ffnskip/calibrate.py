@@ -135,12 +135,19 @@ def _score(session: Any, windows: Sequence[tuple[list[int], list[int]]], spec: A
 def _generate_ratio(session: Any, prompts: Sequence[list[int]], spec: Any, n_tokens: int) -> dict[str, Any]:
     """Greedy generation of n_tokens (spread over the prompts) with spec; the measured
     skip ratio over post-warm-up steps and over all steps."""
-    per_prompt = max(1, math.ceil(n_tokens / len(prompts)))
+    room = min(session.n_ctx - len(p) for p in prompts)
+    per_prompt = max(1, min(room, math.ceil(n_tokens / len(prompts))))
     skipped = total = skipped_after = total_after = generated = 0
     seconds = 0.0
-    for prompt in prompts:
-        c = session.generate(prompt, max_tokens=per_prompt, temperature=0, ignore_eos=True, skip=spec)
+    i = 0
+    while generated < n_tokens:
+        prompt = prompts[i % len(prompts)]
+        i += 1
+        c = session.generate(prompt, max_tokens=min(per_prompt, n_tokens - generated), temperature=0,
+                             ignore_eos=True, skip=spec)
         s = c.stats
+        if s["n_generated"] == 0:
+            break
         generated += s["n_generated"]
         seconds += s["decode_seconds"]
         skipped += s["ffn_skipped"]
@@ -328,9 +335,10 @@ def calibrate(
     t0 = time.perf_counter()
     need_ctx = prompt_tokens + max(window, generate_tokens) + 1
     session = _open_session(model_or_session, max(n_ctx, need_ctx), n_threads)
-    if session.n_ctx < need_ctx:
-        raise ValueError(f"the session's context ({session.n_ctx}) is too small: need {need_ctx} "
-                         f"(prompt_tokens {prompt_tokens} + max(window {window}, generate_tokens {generate_tokens}) + 1)")
+    if session.n_ctx < prompt_tokens + 17:
+        raise ValueError(f"the session's context ({session.n_ctx}) is too small: need at least "
+                         f"prompt_tokens + 17 = {prompt_tokens + 17}")
+    window = min(window, session.n_ctx - prompt_tokens - 1)   # a given session's context may be shorter
     n_layer = int(session.model.hparams.n_layer)
     cal_windows = _windows(session.tokenize(text), prompt_tokens, window, tokens, "calibration")
     held_windows = _windows(session.tokenize(held_out), prompt_tokens, window, held_out_tokens, "held-out")
