@@ -104,6 +104,61 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from .calibrate import calibrate, save_profile
+
+    if args.target_ratio is not None and args.max_ppl_increase is not None:
+        raise SystemExit("ffnskip calibrate: give --target-ratio or --max-ppl-increase, not both")
+    model = _model_path(args.model_pos or args.model)
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    held_out = None
+    if args.held_out:
+        with open(args.held_out, encoding="utf-8") as f:
+            held_out = f.read()
+    profile = calibrate(
+        model, text, held_out=held_out, target_ratio=args.target_ratio, max_ppl_increase=args.max_ppl_increase,
+        tokens=args.tokens, held_out_tokens=args.held_out_tokens, generate_tokens=args.generate_tokens,
+        prompt_tokens=args.prompt_tokens, n_ctx=args.ctx, n_threads=args.threads, progress=not args.quiet,
+    )
+    options = [("--held-out", args.held_out), ("--target-ratio", args.target_ratio),
+               ("--max-ppl-increase", args.max_ppl_increase), ("--tokens", args.tokens),
+               ("--held-out-tokens", args.held_out_tokens), ("--generate-tokens", args.generate_tokens),
+               ("--prompt-tokens", args.prompt_tokens), ("--ctx", args.ctx)]
+    profile["command"] = " ".join(["ffnskip calibrate", model, "--text", args.text] +
+                                  [f"{k} {v}" for k, v in options if v is not None])
+    out = args.out or model + ".ffnskip.json"
+    save_profile(profile, out)
+    if args.plot:
+        from .plot import plot_profile
+
+        plot_profile(profile, args.plot)
+    cos = profile["cosine_profile"]["mean"]
+    cold = profile["cold_regions"]
+    fs = profile["ffn_skip"]
+    alt = profile["layers_alternative"]
+    lines = [
+        f"model {profile['model']['path']} ({profile['n_layer']} layers); {profile['tokens']['calibration']} "
+        f"calibration tokens, {profile['tokens']['held_out']} held-out tokens",
+        "mean FFN cosine per layer: " + " ".join(f"{c:.3f}" for c in cos),
+        f"cold: first {cold['cold_start']}, last {cold['cold_end']} layers (mean cosine < {cold['cutoff']:.3f})",
+        "single-FFN ablation (held-out ppl increase %): " + " ".join(f"{100 * c:.1f}" for c in profile["ablation"]["cost"]),
+        f"full model held-out ppl {profile['full_ppl']:.3f}",
+        f"ffn_skip threshold {fs['threshold']:g} max_skip {fs['max_skip']}: measured skip ratio "
+        f"{fs['measured_ratio']:.3f} over {fs['generated_tokens']} generated tokens (after warm-up), "
+        f"held-out ppl {fs['ppl']:.3f} ({100 * fs['ppl_increase']:+.1f}%)",
+        f"layers {alt['layers']}: skip ratio {alt['measured_ratio']:.3f}, held-out ppl {alt['ppl']:.3f} "
+        f"({100 * alt['ppl_increase']:+.1f}%)",
+        f"profile: {out}" + (f", plot: {args.plot}" if args.plot else ""),
+    ]
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps(profile["config"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnskip", description="LLaMA-family GGUF inference with FFN skipping")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("calibrate", help="measure FFN saturation on text and write a skip profile (JSON)")
+    c.add_argument("model_pos", nargs="?", metavar="MODEL")
+    _add_model_arg(c)
+    c.add_argument("--text", required=True, help="calibration text file (plain text)")
+    c.add_argument("--held-out", help="held-out text file (default: the second half of --text)")
+    goal = c.add_mutually_exclusive_group()
+    goal.add_argument("--target-ratio", type=float, help="share of FFNs to skip after the warm-up (default 0.25)")
+    goal.add_argument("--max-ppl-increase", type=float, help="perplexity budget, e.g. 0.02 = at most 2%% above the full model")
+    c.add_argument("--tokens", type=int, default=256, help="calibration tokens for the cosine profile")
+    c.add_argument("--held-out-tokens", type=int, default=256, help="held-out tokens scored per perplexity")
+    c.add_argument("--generate-tokens", type=int, default=256, help="greedy tokens generated to measure the skip ratio")
+    c.add_argument("--prompt-tokens", type=int, default=64, help="prompt length of each text window")
+    c.add_argument("--out", help="profile path (default: MODEL.ffnskip.json, which skip='auto' finds)")
+    c.add_argument("--plot", help="write the cosine profile and ablation costs as an image (needs matplotlib)")
+    c.add_argument("--json", action="store_true", help="also print the chosen config as JSON")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    c.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
+    c.add_argument("-c", "--ctx", type=int, default=512, help="context length (at least prompt + window + 1)")
+    c.set_defaults(func=_cmd_calibrate)
     return parser
 
 

@@ -81,7 +81,7 @@ class Session:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.n_batch = n_batch
-        params.skip = skip_config(skip)
+        params.skip = skip_config(skip, model=self.model)
         params.backend = backend
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
@@ -121,13 +121,13 @@ class Session:
 
     @skip.setter
     def skip(self, spec: SkipSpec) -> None:
-        self._native.skip_config = skip_config(spec)
+        self._native.skip_config = skip_config(spec, model=self.model)
 
     def score(self, prompt: Sequence[int], continuation: Sequence[int], skip: SkipSpec = None) -> tuple[float, dict[str, Any]]:
         """Teacher-forced negative log-likelihood (sum, nats) of ``continuation`` after
         ``prompt`` with the skip policy active exactly as in generation; also the skip
         statistics. ``skip=None`` uses the session's setting."""
-        config = self._native.skip_config if skip is None else skip_config(skip)
+        config = self._native.skip_config if skip is None else skip_config(skip, model=self.model)
         nll, stats = self._native.score_continuation(list(prompt), list(continuation), config)
         return nll, stats_dict(stats)
 
@@ -158,7 +158,7 @@ class Session:
                     _set_field(params, key, [value] if isinstance(value, str) else list(value))
             elif key == "skip":
                 params.use_session_skip = False
-                params.skip = skip_config(value)
+                params.skip = skip_config(value, model=self.model)
             else:
                 raise TypeError(f"unknown generation argument {key!r}")
         if params.max_tokens is not None and params.max_tokens < -1:

@@ -14,10 +14,12 @@ FIELDS = ("policy", "threshold", "cold_start", "cold_end", "warmup", "refresh_ev
           "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines")
 
 
-def skip_config(spec: SkipSpec = None, **overrides: Any) -> _core.SkipConfig:
+def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -> _core.SkipConfig:
     """Build a SkipConfig from None / "full" (no skipping), a policy name
-    ("ffn_skip", "random", ...), a calibration profile (a .json path), a mapping of
-    fields, or a SkipConfig; keyword arguments override single fields.
+    ("ffn_skip", "random", ...), a calibration profile (a .json path), "auto" (the
+    model's profile: `<model>.ffnskip.json`, else a cached one, else a quick
+    calibration; needs ``model``, a GGUF path or a Model), a mapping of fields, or a
+    SkipConfig; keyword arguments override single fields.
 
     The defaults reproduce the FFN-SkipLLM authors' setting: threshold 0.95, 5 + 5
     cold layers, warm-up n_ctx / 64 tokens, a full refresh every 6th token.
@@ -34,6 +36,12 @@ def skip_config(spec: SkipSpec = None, **overrides: Any) -> _core.SkipConfig:
         text = os.fspath(spec)
         if text.endswith(".json"):
             fields = load_profile_config(text)
+        elif text == "auto":
+            if model is None:
+                raise ValueError('skip="auto" needs the model (a GGUF path or a Model) to find or make its profile')
+            from .calibrate import auto_profile_config
+
+            fields = auto_profile_config(model)
         else:
             fields = {"policy": text}
     else:
