@@ -232,28 +232,44 @@ def run_config(path: pathlib.Path, threads: int, engines: list[str], args, env: 
             decode_ids = dec["ids"]
             res["prompt_tokens"] = len(prompt_ids)
             res["decode_tokens"] = args.decode_tokens
-            plan = [(eng, op) for eng in workers for op in ("prompt", "decode")]  # warm-up
-            n_warm = len(plan)
-            plan += [(eng, op) for _ in range(args.reps) for op in ("decode", "prompt") for eng in workers]
-            for i, (eng, op) in enumerate(plan):
-                if eng not in workers:
-                    continue
-                warm = i < n_warm
-                r = (workers[eng].request(op="prompt", ids=prompt_ids) if op == "prompt" else
-                     workers[eng].request(op="decode", ids=decode_ids, n=args.decode_tokens))
+            def measure(eng: str, op: str) -> dict | None:
+                w = workers[eng]
+                r = (w.request(op="prompt", ids=prompt_ids) if op == "prompt" else
+                     w.request(op="decode", ids=decode_ids, n=args.decode_tokens))
                 entry = res["engines"][eng]
                 if "error" in r:
                     entry["error"] = f"{op}: {r['error']}"
                     workers.pop(eng).close()
-                    continue
+                    return None
                 if op == "decode":
                     entry["tokens"] = r["tokens"]
-                if not warm:
-                    entry["samples"][f"{op}_tps"].append(r["n"] / r["seconds"])
-                    # CPU time / (wall time x threads): below 1 = the engine waited for a core
-                    entry["samples"]["cpu_busy"].append(r["cpu_seconds"] / (r["seconds"] * threads))
-                    if args.verbose:
-                        log(f"  {eng:9s} {op:6s} {r['n'] / r['seconds']:8.1f} tok/s")
+                return r
+
+            t0 = time.perf_counter()
+            for eng in list(workers):  # one warm-up of each measurement
+                for op in ("prompt", "decode"):
+                    if eng in workers:
+                        measure(eng, op)
+            round_s = time.perf_counter() - t0
+            reps = args.reps
+            if args.config_budget_s and round_s > 0:
+                reps = max(1, min(reps, int(args.config_budget_s / round_s)))
+                if reps < args.reps:
+                    log(f"  one round takes {round_s:.0f} s: {reps} round(s) instead of {args.reps} "
+                        f"(--config-budget-s {args.config_budget_s:g})")
+            res["reps"] = reps
+            for _ in range(reps):  # A B A B
+                for op in ("decode", "prompt"):
+                    for eng in list(workers):
+                        r = measure(eng, op)
+                        if r is None:
+                            continue
+                        s = res["engines"][eng]["samples"]
+                        s[f"{op}_tps"].append(r["n"] / r["seconds"])
+                        # CPU time / (wall time x threads): below 1 = the engine waited for a core
+                        s["cpu_busy"].append(r["cpu_seconds"] / (r["seconds"] * threads))
+                        if args.verbose:
+                            log(f"  {eng:9s} {op:6s} {r['n'] / r['seconds']:8.1f} tok/s")
 
     for eng, w in workers.items():
         rss = w.request(op="rss")
@@ -291,6 +307,9 @@ def parse_args(argv=None):
     p.add_argument("--decode-tokens", type=int, default=96)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--n-ctx", type=int, default=1024)
+    p.add_argument("--config-budget-s", type=float, default=0,
+                   help="seconds per (file, threads) configuration: fewer rounds (at least 1) "
+                        "when the warm-up round shows they would not fit; 0 = always --reps")
     p.add_argument("--load-reps", type=int, default=3, help="timed loads per worker (median reported)")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--no-bandwidth", action="store_true", help="skip the roofline measurement")

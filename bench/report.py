@@ -30,7 +30,7 @@ def markdown(data: dict) -> str:
         f"{meta['seconds']} s.",
         f"Load average (1/5/15 min) at start {_loadavg(meta['loadavg_start'])}, "
         f"at end {_loadavg(meta['loadavg_end'])}.",
-        f"Medians of {meta['reps']} alternating rounds after one warm-up each; decode = "
+        f"Medians of {meta['reps']} alternating rounds (fewer where the rounds column says so) after one warm-up each; decode = "
         f"{meta['decode_tokens']} greedy tokens after a short prompt, prompt = one "
         f"{meta['prompt_tokens']}-token batch on an empty cache.",
         "",
@@ -50,25 +50,30 @@ def markdown(data: dict) -> str:
                      f"decoded token ({', '.join(wb['types'])}).")
     lines += [
         "",
-        "| format | threads | engine | decode tok/s | prompt tok/s | load ms | peak RSS MiB "
+        "| format | threads | rounds | engine | decode tok/s | prompt tok/s | load ms | peak RSS MiB "
         "| roofline tok/s | decode / roofline | CPU busy |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["results"]:
         roof = r.get("roofline_tps")
         for eng, e in r["engines"].items():
             if "error" in e and e.get("decode_tps") is None:
-                lines.append(f"| {r['format']} | {r['threads']} | {eng} | error: {_cell(e['error'])} "
+                lines.append(f"| {r['format']} | {r['threads']} | - | {eng} | error: {_cell(e['error'])} "
                              "| | | | | | |")
                 continue
             load_ms = None if e.get("load_s") is None else 1000 * e["load_s"]
             rss = None if e.get("peak_rss_kb") is None else e["peak_rss_kb"] / 1024
             frac = None if roof is None or e.get("decode_tps") is None else 100 * e["decode_tps"] / roof
             lines.append(
-                f"| {r['format']} | {r['threads']} | {eng} | {_spread(e, 'decode_tps')} "
+                f"| {r['format']} | {r['threads']} | {len(e['samples']['decode_tps'])} | {eng} "
+                f"| {_spread(e, 'decode_tps')} "
                 f"| {_spread(e, 'prompt_tps')} | {_num(load_ms, '{:.0f}')} | {_num(rss, '{:.0f}')} "
                 f"| {_num(roof, '{:.0f}')} | {_num(frac, '{:.0f}%')} "
                 f"| {_num(None if e.get('cpu_busy') is None else 100 * e['cpu_busy'], '{:.0f}%')} |")
+    lines += ["", "Columns: medians (min-max over the rounds); load = model open + session/context; "
+              "peak RSS = worker VmHWM (interpreter and numpy included); roofline = read bandwidth / "
+              "weight bytes per token; CPU busy = CPU time / (wall time x threads), low when the "
+              "engine waited for a core."]
     pairs = [r for r in data["results"] if {"ffnskip", "llama.cpp"} <= set(r["engines"])]
     if pairs:
         lines += [

@@ -50,8 +50,8 @@ class FfnskipEngine:
 
     def version(self) -> str:
         info = getattr(self.ffnskip, "build_info", None)
-        text = info() if callable(info) else ""
-        return f"ffnskip {self.ffnskip.__version__} {text}".strip()
+        text = str(info()) if callable(info) else ""
+        return text if text.startswith("ffnskip") else f"ffnskip {self.ffnskip.__version__} {text}".strip()
 
     def load(self, model: str, threads: int, n_ctx: int) -> None:
         self.session = None
@@ -77,8 +77,8 @@ class LlamaCppEngine:
         return f"llama-cpp-python {self.llama_cpp.__version__}"
 
     def load(self, model: str, threads: int, n_ctx: int) -> None:
-        if self.llm is not None:
-            self.llm.close() if hasattr(self.llm, "close") else None
+        if self.llm is not None and hasattr(self.llm, "close"):
+            self.llm.close()
         self.llm = None
         self.llm = self.llama_cpp.Llama(
             model_path=model, n_ctx=n_ctx, n_batch=512, n_threads=threads,
@@ -92,8 +92,11 @@ class LlamaCppEngine:
         self.llm.reset()
 
     def eval_last(self, ids: list[int]) -> np.ndarray:
+        # Llama.scores is only filled with logits_all=True (which would compute the
+        # logits of every prompt position): read the last row from the context instead.
         self.llm.eval(ids)
-        return self.llm.scores[self.llm.n_tokens - 1]
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).copy()
 
 
 ENGINES = {"ffnskip": FfnskipEngine, "llama.cpp": LlamaCppEngine}
