@@ -136,7 +136,7 @@ def plot(data: dict, path: pathlib.Path) -> bool:
         ax.set_ylim(0, 1.3 * max([ax.get_ylim()[1]] + [r.get("roofline_tps") or 0 for r in results]))
         ax.legend(fontsize="small", loc="upper left", ncol=3)
     meta = data["meta"]
-    axes[0].set_title(f"{meta['cpu']}, {meta['cores']} cores; medians of {meta['reps']} rounds")
+    axes[0].set_title(f"{meta['cpu']}, {meta['cores']} cores; medians of up to {meta['reps']} rounds")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
