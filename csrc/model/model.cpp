@@ -58,7 +58,7 @@ std::vector<float> vector_f32(const Model::Impl& m, const std::string& name, int
 // the narrowing cast).
 float positive_float(const Model::Impl& m, const std::string& key, double def) {
     double v = m.file->get_float(key, def);
-    if (!(v > 0.0) || !(v < 3.0e38)) fail(m, "metadata '" + key + "' = " + std::to_string(v) + " must be positive and finite");
+    if (!(v > 0.0) || !(v < 3.0e38)) fail(m, key + " must be positive and finite (found " + std::to_string(v) + ")");
     return (float)v;
 }
 
