@@ -28,7 +28,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model, prompt = args.model, args.args[0]
     else:
         raise SystemExit("ffnskip generate: give PROMPT, or MODEL PROMPT")
-    session = Session(_model_path(model), n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads)
+    skip = _skip_arg(args.skip, args.skip_set)
+    session = Session(_model_path(model), n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads,
+                      skip=skip)
     kwargs = dict(
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop or None,
@@ -48,10 +50,39 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     print(
         f"prompt {s['n_prompt_tokens']} tokens at {s['prompt_tokens_per_second']:.1f} tok/s, "
         f"generated {s['n_generated']} tokens at {s['decode_tokens_per_second']:.1f} tok/s, "
-        f"finish: {result.finish_reason if result else '?'}",
+        f"finish: {result.finish_reason if result else '?'}"
+        + (f", FFN blocks skipped {s['ffn_skipped']}/{s['ffn_total']} ({100 * s['skip_ratio']:.1f}%; "
+           f"{100 * s['skip_ratio_after_warmup']:.1f}% after warm-up, policy {session.skip.policy})"
+           if session.skip.policy != "full" else ""),
         file=sys.stderr,
     )
     return 0
+
+
+def _skip_arg(spec: str | None, settings: list[str] | None):
+    """--skip SPEC (a policy, a profile .json, "auto", or a JSON object) and --skip-set KEY=VALUE."""
+    import json
+
+    fields: dict = {}
+    if spec and spec.lstrip().startswith("{"):
+        try:
+            fields = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--skip: not valid JSON: {e}") from e
+        spec = None
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--skip-set wants KEY=VALUE, got {item!r}")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    if not fields:
+        return spec
+    from .skip import skip_config
+
+    return skip_config(spec, **fields) if spec else skip_config(fields)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -176,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true")
     g.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    g.add_argument("--skip", help="FFN skipping: full (default), ffn_skip, random, static, layers, shortgpt, "
+                                  "skipdecode, auto, a calibration profile .json, or a JSON object of settings")
+    g.add_argument("--skip-set", action="append", metavar="KEY=VALUE",
+                   help="one skip setting, e.g. --skip-set threshold=0.9 --skip-set warmup=8 (repeatable)")
     g.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     g.add_argument("-c", "--ctx", type=int, default=0, help="context length (0 = model's, at most 4096)")
     g.set_defaults(func=_cmd_generate)
