@@ -423,48 +423,50 @@ static void gemm_drive(const TileFn (&tiles)[TILE_R][TILE_C], int64_t nb, const 
 template <int R, int C>
 static void tile_q4_1(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
     __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
-    float acc_m[R][C], ms0[R][C];    // minimum term; ms0 holds an even block's m * s until its pair
+    __m128 acc_m[R][C];              // lane 1: the minimum term
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
-            acc_m[r][c] = 0.0f;
+            acc_m[r][c] = _mm_setzero_ps();
         }
     const __m256i ones = _mm256_set1_epi16(1);
-    auto block = [&](int64_t i, __m256 (&acc)[R][C], float (&ms)[R][C]) {
+    // One block of every row and token; p receives [dw * da, mw * sa] per pair.
+    auto block = [&](int64_t i, __m256 (&acc)[R][C], __m128 (&p)[R][C]) {
         __m256i q[R];
-        float dw[R], mw[R];
+        const block_q4_1* x[R];
         for (int r = 0; r < R; r++) {
-            const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-            q[r] = unpack_nibbles_32(x->qs);
-            dw[r] = h2f(x->d);
-            mw[r] = h2f(x->m);
+            x[r] = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+            q[r] = unpack_nibbles_32(x[r]->qs);
         }
         for (int c = 0; c < C; c++) {
             const block_q8_1* b = reinterpret_cast<const block_q8_1*>(a + c * as) + i;
             const __m256i qa = load256(b->qs);
-            const float da = h2f(b->d), sa = h2f(b->s);
             for (int r = 0; r < R; r++) {
+                p[r][c] = dm_products(&x[r]->d, &b->d);
                 const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), _mm256_cvtepi32_ps(s), acc[r][c]);
-                ms[r][c] = mw[r] * sa;
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p[r][c]), _mm256_cvtepi32_ps(s), acc[r][c]);
             }
         }
     };
     int64_t i = 0;
     for (; i + 1 < nb; i += 2) {
-        float ms1[R][C];
-        block(i, acc0, ms0);
-        block(i + 1, acc1, ms1);
+        __m128 p0[R][C], p1[R][C];
+        block(i, acc0, p0);
+        block(i + 1, acc1, p1);
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = acc_m[r][c] + (ms0[r][c] + ms1[r][c]);
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], _mm_add_ps(p0[r][c], p1[r][c]));
     }
     if (i < nb) {
-        block(i, acc0, ms0);
+        __m128 p0[R][C];
+        block(i, acc0, p0);
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = acc_m[r][c] + ms0[r][c];
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], p0[r][c]);
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + acc_m[r][c];
+        for (int c = 0; c < C; c++) {
+            const __m128 m = acc_m[r][c];
+            y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+        }
 }
 FFNSKIP_TILE_TABLE(tile_q4_1)
 
