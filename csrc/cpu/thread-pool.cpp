@@ -36,7 +36,7 @@ void ThreadPool::run_chunks(int index, uint32_t generation) {
         const int64_t chunk = job_chunk_.load(std::memory_order_relaxed);
         const int64_t b = i * chunk;
         const int64_t e = std::min(job_n_.load(std::memory_order_relaxed), b + chunk);
-        (*job_fn_.load(std::memory_order_relaxed))(index, b, e);
+        job_call_.load(std::memory_order_relaxed)(job_fn_.load(std::memory_order_relaxed), index, b, e);
         done_.fetch_add(1, std::memory_order_acq_rel);
     }
 }
@@ -65,7 +65,7 @@ void ThreadPool::worker(int index) {
     }
 }
 
-void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int, int64_t, int64_t)>& fn) {
+void ThreadPool::run(int64_t n, int64_t grain, Trampoline call, const void* fn) {
     if (n <= 0) return;
     grain = std::max<int64_t>(1, grain);
     // About 8 chunks per thread: small enough to even out threads that start late or
@@ -75,10 +75,11 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     chunk = std::max(grain, (chunk + grain - 1) / grain * grain);
     const int64_t chunks = (n + chunk - 1) / chunk;
     if (n_threads_ == 1 || chunks == 1) {
-        fn(0, 0, n);
+        call(fn, 0, 0, n);
         return;
     }
-    job_fn_.store(&fn, std::memory_order_relaxed);
+    job_call_.store(call, std::memory_order_relaxed);
+    job_fn_.store(fn, std::memory_order_relaxed);
     job_n_.store(n, std::memory_order_relaxed);
     job_chunk_.store(chunk, std::memory_order_relaxed);
     job_chunks_.store(chunks, std::memory_order_relaxed);

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,9 +24,15 @@ class ThreadPool {
     // fn(thread_index, begin, end) over contiguous chunks of [0, n), each a multiple of
     // `grain` long (except the last); a thread may get several chunks, and which thread
     // runs which chunk varies from call to call. Returns when all are done.
-    void parallel_for(int64_t n, int64_t grain, const std::function<void(int, int64_t, int64_t)>& fn);
+    // Takes any callable without wrapping it in a std::function (no allocation per call).
+    template <typename Fn>
+    void parallel_for(int64_t n, int64_t grain, const Fn& fn) {
+        run(n, grain, [](const void* f, int ith, int64_t b, int64_t e) { (*static_cast<const Fn*>(f))(ith, b, e); }, &fn);
+    }
 
   private:
+    using Trampoline = void (*)(const void* fn, int ith, int64_t begin, int64_t end);
+    void run(int64_t n, int64_t grain, Trampoline call, const void* fn);
     void worker(int index);
     void run_chunks(int index, uint32_t generation);
 
@@ -37,7 +42,8 @@ class ThreadPool {
     // The current job. Written before claim_ publishes its generation and only after
     // the previous job's chunks are all done; a claim succeeds only for the generation
     // its claimer read the fields under.
-    std::atomic<const std::function<void(int, int64_t, int64_t)>*> job_fn_{nullptr};
+    std::atomic<Trampoline> job_call_{nullptr};
+    std::atomic<const void*> job_fn_{nullptr};
     std::atomic<int64_t> job_n_{0}, job_chunk_{0}, job_chunks_{0};
     std::atomic<uint64_t> claim_{0};         // (generation << 32) | next unclaimed chunk
     std::atomic<int64_t> done_{0};           // chunks of the current job finished

@@ -423,48 +423,50 @@ static void gemm_drive(const TileFn (&tiles)[TILE_R][TILE_C], int64_t nb, const 
 template <int R, int C>
 static void tile_q4_1(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
     __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
-    float acc_m[R][C], ms0[R][C];    // minimum term; ms0 holds an even block's m * s until its pair
+    __m128 acc_m[R][C];              // lane 1: the minimum term
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
-            acc_m[r][c] = 0.0f;
+            acc_m[r][c] = _mm_setzero_ps();
         }
     const __m256i ones = _mm256_set1_epi16(1);
-    auto block = [&](int64_t i, __m256 (&acc)[R][C], float (&ms)[R][C]) {
+    // One block of every row and token; p receives [dw * da, mw * sa] per pair.
+    auto block = [&](int64_t i, __m256 (&acc)[R][C], __m128 (&p)[R][C]) {
         __m256i q[R];
-        float dw[R], mw[R];
+        const block_q4_1* x[R];
         for (int r = 0; r < R; r++) {
-            const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-            q[r] = unpack_nibbles_32(x->qs);
-            dw[r] = h2f(x->d);
-            mw[r] = h2f(x->m);
+            x[r] = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+            q[r] = unpack_nibbles_32(x[r]->qs);
         }
         for (int c = 0; c < C; c++) {
             const block_q8_1* b = reinterpret_cast<const block_q8_1*>(a + c * as) + i;
             const __m256i qa = load256(b->qs);
-            const float da = h2f(b->d), sa = h2f(b->s);
             for (int r = 0; r < R; r++) {
+                p[r][c] = dm_products(&x[r]->d, &b->d);
                 const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), _mm256_cvtepi32_ps(s), acc[r][c]);
-                ms[r][c] = mw[r] * sa;
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p[r][c]), _mm256_cvtepi32_ps(s), acc[r][c]);
             }
         }
     };
     int64_t i = 0;
     for (; i + 1 < nb; i += 2) {
-        float ms1[R][C];
-        block(i, acc0, ms0);
-        block(i + 1, acc1, ms1);
+        __m128 p0[R][C], p1[R][C];
+        block(i, acc0, p0);
+        block(i + 1, acc1, p1);
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = acc_m[r][c] + (ms0[r][c] + ms1[r][c]);
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], _mm_add_ps(p0[r][c], p1[r][c]));
     }
     if (i < nb) {
-        block(i, acc0, ms0);
+        __m128 p0[R][C];
+        block(i, acc0, p0);
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = acc_m[r][c] + ms0[r][c];
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], p0[r][c]);
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + acc_m[r][c];
+        for (int c = 0; c < C; c++) {
+            const __m128 m = acc_m[r][c];
+            y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+        }
 }
 FFNSKIP_TILE_TABLE(tile_q4_1)
 
@@ -520,6 +522,121 @@ static void tile_q5_0(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
 }
 FFNSKIP_TILE_TABLE(tile_q5_0)
 
+// ---- K-quant tiles (256-element super-blocks; same arithmetic as the dot products above) --
+
+// A single token keeps the plain dot product (`dot`), which computes the same bits.
+#define FFNSKIP_TILE_TABLE_K(name, dot)                                      \
+    static const TileFn name##_tiles[TILE_R][TILE_C] = {                     \
+        {name<1, 1>, name<1, 2>}, {name<2, 1>, name<2, 2>}};                 \
+    static void name##_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, \
+                            float* y, size_t ys) {                                                        \
+        if (nt == 1) {                                                                                    \
+            for (int r = 0; r < nr; r++) y[r] = dot(n, static_cast<const uint8_t*>(w) + r * ws, a);       \
+            return;                                                                                       \
+        }                                                                                                 \
+        gemm_drive(name##_tiles, n / QK_K, w, ws, nr, a, as, nt, y, ys);                                  \
+    }
+
+template <int R, int C>
+static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[R][C];
+    float acc_m[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = 0.0f;
+        }
+    for (int64_t i = 0; i < nb; i++) {
+        const block_q4_K* x[R];
+        uint8_t sc[R][8], mn[R][8];
+        for (int r = 0; r < R; r++) {
+            x[r] = reinterpret_cast<const block_q4_K*>(w + r * ws) + i;
+            k4_scales(x[r]->scales, sc[r], mn[r]);
+        }
+        __m256i sumi[R][C];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) sumi[r][c] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            __m256i lo[R], hi[R];
+            for (int r = 0; r < R; r++) {
+                const __m256i qv = load256(x[r]->qs + 32 * k);
+                lo[r] = _mm256_and_si256(qv, m4);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            }
+            for (int c = 0; c < C; c++) {
+                const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+                const __m256i ya = load256(b->qs + 64 * k), yb = load256(b->qs + 64 * k + 32);
+                for (int r = 0; r < R; r++) {
+                    const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], ya), _mm256_set1_epi16(sc[r][2 * k]));
+                    const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], yb), _mm256_set1_epi16(sc[r][2 * k + 1]));
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_add_epi32(p0, p1));
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++) {
+                acc_m[r][c] += b->d * h2f(x[r]->dmin) * float(k4_mins_dot(b->bsums, mn[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * h2f(x[r]->d)), _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]) - acc_m[r][c];
+}
+FFNSKIP_TILE_TABLE_K(tile_q4_K, dot_q4_K_q8_K)
+
+template <int R, int C>
+static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    __m256 acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const block_q6_K* x[R];
+        for (int r = 0; r < R; r++) x[r] = reinterpret_cast<const block_q6_K*>(w + r * ws) + i;
+        __m256i sumi[R][C];
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++) {
+                // quants are stored as q + 32: start from -32 * sum_j sc[j] * bsums[j]
+                const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[r]->scales)));
+                sumi[r][c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(b->bsums)), 5));
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                __m256i q[R];
+                for (int r = 0; r < R; r++) {
+                    const __m256i lowbits = load256(x[r]->ql + 64 * h + 32 * (k & 1));
+                    const __m256i low = k < 2 ? _mm256_and_si256(lowbits, m4) : _mm256_and_si256(_mm256_srli_epi16(lowbits, 4), m4);
+                    const __m256i qh = _mm256_and_si256(_mm256_srli_epi16(load256(x[r]->qh + 32 * h), 2 * k), m2);
+                    q[r] = _mm256_or_si256(low, _mm256_slli_epi16(qh, 4));
+                }
+                for (int c = 0; c < C; c++) {
+                    const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+                    const __m256i q8 = load256(b->qs + 128 * h + 32 * k);
+                    for (int r = 0; r < R; r++) {
+                        const int8_t* s = x[r]->scales + 8 * h + 2 * k;
+                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], q8), scale_pair16(s[0], s[1]));
+                        sumi[r][c] = _mm256_add_epi32(sumi[r][c], p);
+                    }
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * h2f(x[r]->d)), _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+}
+FFNSKIP_TILE_TABLE_K(tile_q6_K, dot_q6_K_q8_K)
+
 // F16 weights and activations, 32 elements a step (one "block" = 32 halves).
 template <int R, int C>
 static void tile_f16(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
@@ -568,8 +685,10 @@ bool quant_avx2_kernels(QuantKernels* k) {
     k->vec_dot[int(GgmlType::Q2_K)] = dot_q2_K_q8_K;
     k->vec_dot[int(GgmlType::Q3_K)] = dot_q3_K_q8_K;
     k->vec_dot[int(GgmlType::Q4_K)] = dot_q4_K_q8_K;
+    k->gemm[int(GgmlType::Q4_K)] = tile_q4_K_gemm;   // matrices only: vec_dot keeps the plain kernel
     k->vec_dot[int(GgmlType::Q5_K)] = dot_q5_K_q8_K;
     k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
+    k->gemm[int(GgmlType::Q6_K)] = tile_q6_K_gemm;
     return true;
 }
 
