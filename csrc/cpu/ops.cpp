@@ -66,17 +66,6 @@ void swiglu(float* out, const float* gate, const float* up, int64_t n) {
     }
 }
 
-double cosine(const float* a, const float* b, int64_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    if (aa == 0 || bb == 0) return 0.0;
-    return ab / std::sqrt(aa * bb);
-}
-
 double residual_add_cosine(float* x, const float* f, int64_t n) {
     double ab = 0, aa = 0, bb = 0;
     for (int64_t i = 0; i < n; i++) {

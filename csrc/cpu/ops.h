@@ -29,9 +29,6 @@ void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_ba
 // out = silu(gate) * up, elementwise.
 void swiglu(float* out, const float* gate, const float* up, int64_t n);
 
-// Cosine similarity of two vectors, accumulated in double.
-double cosine(const float* a, const float* b, int64_t n);
-
 // x += f, returning cos(x + f, x) of the old x (double accumulators): the FFN-skip
 // gate measured in the same pass as the residual add.
 double residual_add_cosine(float* x, const float* f, int64_t n);
