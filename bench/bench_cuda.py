@@ -2,7 +2,7 @@
 
 Run on a machine with a GPU, from the repository root, after building with CUDA:
 
-    pip install --no-build-isolation --no-deps . && python bench/bench_cuda.py --out /tmp/ffnskip-bench
+    pip install --no-build-isolation --no-deps . && python bench/bench_cuda.py --json results.json
 
 For each of LLaMA-2-7B and -13B shapes and each of F16, Q8_0, Q4_K it writes a
 random-weight GGUF (one model on disk at a time, deleted after use), then measures
@@ -13,6 +13,10 @@ gate opens at its first layer every step). It prints, per run:
   fraction   = measured / roofline                      (targets: F16 13B >= 0.85, Q4_K >= 0.60)
   skip gain  = (speed-up - 1) / (ideal speed-up - 1), where ideal = bytes full / bytes skipped
                (target >= 0.9: the skip turns at least 90% of the weight bytes it saves into time)
+The bandwidth is measured first (a device-to-device copy and a read-only reduction
+through PyTorch or CuPy when one is installed; else --bandwidth), and the higher of the
+two is the roofline's. With --variants each model's dense decode is also measured
+with other launch settings (unfused: one launch per matrix), to show what each gains.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
 with small fp16 scales, as the tests make K-quant blocks.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -39,18 +44,21 @@ SHAPES = {   # n_embd, n_layer, n_head, n_ff
     "13b": (5120, 40, 40, 13824),
 }
 N_VOCAB = 32000
-# (bytes per block, elements per block, byte offsets of fp16 scales in a block)
-BLOCKS = {"Q8_0": (34, 32, (0,)), "Q4_K": (144, 256, (0, 2)), "Q6_K": (210, 256, (208,))}
+# (bytes per block, elements per block, byte offsets of fp16 scales in a block, scale size
+# that gives weights of about F16's spread, 0.02: activations stay finite over 40 layers)
+BLOCKS = {"Q8_0": (34, 32, (0,), 2.7e-4), "Q4_K": (144, 256, (0, 2), 1.2e-4), "Q6_K": (210, 256, (208,), 1.5e-5)}
+# Launch variants measured on the dense model with --variants (environment of the session).
+VARIANTS = {"unfused": {"FFNSKIP_CUDA_FUSE": "0"}}
 
 
 def matrix_bytes(rng, type_name, rows, cols):
     """A (rows, cols) weight as GGUF stores it: F16 values, or raw quantized blocks."""
     if type_name == "F16":
         return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
-    size, per, scale_offsets = BLOCKS[type_name]
+    size, per, scale_offsets, scale = BLOCKS[type_name]
     n_blocks = cols // per
     raw = rng.integers(0, 256, size=(rows, n_blocks, size), dtype=np.uint8)
-    scales = (rng.random((rows, n_blocks), dtype=np.float32) * 1e-3 + 1e-4).astype(np.float16).view(np.uint8)
+    scales = ((rng.random((rows, n_blocks), dtype=np.float32) + 0.5) * scale).astype(np.float16).view(np.uint8)
     scales = scales.reshape(rows, n_blocks, 2)
     for off in scale_offsets:
         raw[:, :, off:off + 2] = scales
@@ -121,11 +129,43 @@ def bytes_per_token(shape, type_name, skipped_ffns=0):
     if type_name == "F16":
         per_elem = 2.0
     else:
-        size, per, _ = BLOCKS[type_name]
+        size, per = BLOCKS[type_name][:2]
         per_elem = size / per
     attn = 4 * n_embd * n_embd * per_elem
     ffn = 3 * n_embd * n_ff * per_elem
     return n_layer * attn + (n_layer - skipped_ffns) * ffn + N_VOCAB * n_embd * per_elem
+
+
+def measure_bandwidth(n_bytes=4 << 30):
+    """Device memory bandwidth in bytes/s: max of copy (read + write) and read-only sum."""
+    try:
+        import torch
+    except ImportError:
+        return None, "no torch"
+    if not torch.cuda.is_available():
+        return None, "torch sees no GPU"
+    x = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    x.normal_()
+    y = torch.empty_like(x)
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(fn, reps=10):
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+        return float(np.median(times))
+
+    copy = 2 * n_bytes / timed(lambda: y.copy_(x))
+    read = n_bytes / timed(lambda: x.sum(dtype=torch.float32))
+    del x, y
+    torch.cuda.empty_cache()
+    return max(copy, read), f"torch: copy {copy / 1e12:.2f} TB/s (read + write), read-only sum {read / 1e12:.2f} TB/s"
 
 
 def decode_speed(session, n_tokens, skip):
@@ -137,14 +177,27 @@ def decode_speed(session, n_tokens, skip):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/tmp/ffnskip-bench", help="folder for the GGUFs (one at a time)")
+    ap.add_argument("--out", default="/dev/shm/ffnskip-bench" if pathlib.Path("/dev/shm").is_dir() else "/tmp/ffnskip-bench",
+                    help="folder for the GGUFs (one at a time; a RAM disk writes 26 GB in seconds)")
     ap.add_argument("--shapes", default="7b,13b")
     ap.add_argument("--types", default="F16,Q8_0,Q4_K")
     ap.add_argument("--tokens", type=int, default=128, help="decode steps per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="measurements per setting (median)")
-    ap.add_argument("--bandwidth", type=float, default=4.8e12, help="memory bandwidth in bytes/s (H200: 4.8e12)")
+    ap.add_argument("--bandwidth", type=float, default=4.8e12,
+                    help="memory bandwidth in bytes/s when it cannot be measured (H200 datasheet: 4.8e12)")
+    ap.add_argument("--variants", default="", help="also measure the dense model with these launch variants: "
+                    + ", ".join(f"{k} ({' '.join(f'{a}={b}' for a, b in v.items())})" for k, v in VARIANTS.items()))
+    ap.add_argument("--max-seconds", type=float, default=1e9, help="start no new model after this many seconds")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--markdown", help="also write a markdown table here")
     args = ap.parse_args()
+    t_start = time.time()
+    bw, how = measure_bandwidth()
+    if bw is None:
+        bw = args.bandwidth
+        how = f"not measured ({how}); datasheet figure"
+    args.bandwidth = bw
+    print(f"# bandwidth {bw / 1e12:.2f} TB/s ({how})", flush=True)
     if "cuda" not in ffnskip.available_backends():
         sys.exit("this build of ffnskip has no CUDA backend")
     out = pathlib.Path(args.out)
@@ -156,40 +209,70 @@ def main():
         n_skip = math.ceil(0.25 * n_layer)
         middle = list(range((n_layer - n_skip) // 2, (n_layer - n_skip) // 2 + n_skip))
         for type_name in args.types.split(","):
+            if time.time() - t_start > args.max_seconds:
+                print(f"# {shape_name} {type_name}: skipped (--max-seconds)", flush=True)
+                continue
             path = out / f"llama-{shape_name}-{type_name}.gguf"
             t0 = time.time()
             write_model(path, shape, type_name)
             print(f"# {path.name}: {path.stat().st_size / 2**30:.1f} GiB written in {time.time() - t0:.0f} s", flush=True)
+            t0 = time.time()
             session = ffnskip.Session(str(path), n_ctx=512, backend="cuda")
+            print(f"# loaded and uploaded in {time.time() - t0:.1f} s", flush=True)
             settings = {
                 "full": (None, 0),
                 "layers25": (dict(policy="layers", layers=middle), n_skip),
                 "gate25": (dict(policy="ffn_skip", threshold=-1.0, cold_start=middle[0], cold_end=n_layer - middle[-1] - 1,
                                 warmup=0, refresh_every=0, max_skip=n_skip), n_skip),
             }
-            decode_speed(session, 8, None)   # warm-up: graph capture, clocks
-            speeds = {}
-            for name, (skip, skipped) in settings.items():
-                runs = [decode_speed(session, args.tokens, skip) for _ in range(args.repeats)]
-                tps = float(np.median([r[0] for r in runs]))
-                roof = args.bandwidth / bytes_per_token(shape, type_name, skipped)
-                speeds[name] = tps
-                row = dict(shape=shape_name, type=type_name, setting=name, tokens_per_s=tps, roofline=roof,
-                           fraction=tps / roof, skip_ratio=runs[-1][1])
-                if skipped:
-                    ideal = bytes_per_token(shape, type_name) / bytes_per_token(shape, type_name, skipped)
-                    row["speedup"] = tps / speeds["full"]
-                    row["ideal_speedup"] = ideal
-                    row["skip_gain"] = (row["speedup"] - 1) / (ideal - 1)
-                results.append(row)
-                extra = (f"  speed-up {row['speedup']:.3f} of ideal {row['ideal_speedup']:.3f} (gain {row['skip_gain']:.2f})"
-                         if skipped else "")
-                print(f"{shape_name:4} {type_name:5} {name:9} {tps:8.1f} tok/s  roofline {roof:8.1f}  "
-                      f"fraction {tps / roof:.3f}{extra}", flush=True)
+            results += measure(session, shape_name, shape, type_name, settings, args, "default")
             del session
+            for variant in filter(None, args.variants.split(",")):
+                env = VARIANTS[variant]
+                os.environ.update(env)
+                try:
+                    session = ffnskip.Session(str(path), n_ctx=512, backend="cuda")
+                    results += measure(session, shape_name, shape, type_name, {"full": settings["full"]}, args, variant)
+                    del session
+                finally:
+                    for k in env:
+                        del os.environ[k]
             path.unlink()
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+            if args.json:   # after every model: a run cut short keeps what it measured
+                pathlib.Path(args.json).write_text(json.dumps(dict(bandwidth=args.bandwidth, how=how, results=results), indent=1))
+    if args.markdown:
+        lines = [f"Bandwidth {args.bandwidth / 1e12:.2f} TB/s ({how}); decode of {args.tokens} tokens, median of "
+                 f"{args.repeats}.", "",
+                 "| shape | type | variant | setting | tok/s | roofline tok/s | fraction | speed-up | ideal | gain |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            sp = (f"{r['speedup']:.3f} | {r['ideal_speedup']:.3f} | {r['skip_gain']:.2f}" if "speedup" in r else " | | ")
+            lines.append(f"| {r['shape']} | {r['type']} | {r['variant']} | {r['setting']} | {r['tokens_per_s']:.1f} | "
+                         f"{r['roofline']:.1f} | {r['fraction']:.3f} | {sp} |")
+        pathlib.Path(args.markdown).write_text("\n".join(lines) + "\n")
+
+
+def measure(session, shape_name, shape, type_name, settings, args, launches):
+    decode_speed(session, 8, None)   # warm-up: graph capture, clocks
+    speeds, rows = {}, []
+    for name, (skip, skipped) in settings.items():
+        runs = [decode_speed(session, args.tokens, skip) for _ in range(args.repeats)]
+        tps = float(np.median([r[0] for r in runs]))
+        roof = args.bandwidth / bytes_per_token(shape, type_name, skipped)
+        speeds[name] = tps
+        row = dict(shape=shape_name, type=type_name, variant=launches, setting=name, tokens_per_s=tps, roofline=roof,
+                   fraction=tps / roof, skip_ratio=runs[-1][1], runs=[r[0] for r in runs])
+        if skipped:
+            ideal = bytes_per_token(shape, type_name) / bytes_per_token(shape, type_name, skipped)
+            row["speedup"] = tps / speeds["full"]
+            row["ideal_speedup"] = ideal
+            row["skip_gain"] = (row["speedup"] - 1) / (ideal - 1)
+        rows.append(row)
+        extra = (f"  speed-up {row['speedup']:.3f} of ideal {row['ideal_speedup']:.3f} (gain {row['skip_gain']:.2f})"
+                 if skipped else "")
+        print(f"{shape_name:4} {type_name:5} {launches:7} {name:9} {tps:8.1f} tok/s  roofline {roof:8.1f}  "
+              f"fraction {tps / roof:.3f}  skip {row['skip_ratio']}{extra}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
-"""The CUDA backend against the CPU backend, and a compile check of it for CI.
+"""The CUDA backend against the numpy reference forward and the CPU backend, and a
+compile check of it for CI.
 
-GPU tests skip unless this build has the CUDA backend and a GPU answers. Tolerances
-(the two backends round differently: the CPU multiplies quantized weights with 8-bit
-activations as llama.cpp does, the GPU with float or F16 activations and other
-summation orders): max |logit difference| <= 1e-3 * max |logit| for F32 weights,
-2e-2 * max |logit| for F16/BF16 and the quantized formats.
+GPU tests skip unless this build has the CUDA backend and a GPU answers.
+
+Oracles and tolerances (max |logit difference| relative to max |logit|):
+- the numpy reference forward (tests/reference_forward.py: weights de-quantized by the
+  `gguf` package, float math, F16 KV cache): the GPU multiplies with float activations in
+  decode steps (F16 for the block formats' staged x) and F16/BF16 activations in cuBLAS
+  for prompts, so it stays close: REF_TOL below;
+- the CPU backend: it multiplies the quantized formats with 8-bit activations, as
+  llama.cpp does, which moves logits by a few percent on these random models, so the
+  GPU-CPU tolerance for quantized weights is wider (CPU_TOL); on F32 weights both
+  backends compute in float and agree to 1e-3.
 """
 from __future__ import annotations
 
@@ -42,14 +49,23 @@ def gpu(synthetic_model):
         pytest.skip(reason)
 
 
+REF_TOL = {"F32": 1e-3, "BF16": 2e-2}   # others: 5e-3
+CPU_TOL = {"F32": 1e-3, "F16": 2e-2, "BF16": 2e-2}   # others (8-bit activations on the CPU): 8e-2
+
+
 def _tol(weight_type: str) -> float:
-    return 1e-3 if weight_type == "F32" else 2e-2
+    return CPU_TOL.get(weight_type, 8e-2)
 
 
-def _close(got: np.ndarray, want: np.ndarray, rel: float):
+def _ref_tol(weight_type: str) -> float:
+    return REF_TOL.get(weight_type, 5e-3)
+
+
+def _close(got: np.ndarray, want: np.ndarray, rel: float, what: str = ""):
     scale = float(np.max(np.abs(want)))
     err = float(np.max(np.abs(got - want)))
-    assert err <= rel * scale, f"max |diff| {err:.3g} > {rel} * {scale:.3g}"
+    print(f"\nlogit error {what}: {err / scale:.2e} of max |logit| (tolerance {rel:.0e})")
+    assert err <= rel * scale, f"{what}: max |diff| {err:.3g} > {rel} * {scale:.3g}"
 
 
 # ---- without a GPU -------------------------------------------------------------------
@@ -69,24 +85,57 @@ TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "
 
 
 @pytest.mark.parametrize("weight_type", TYPES)
+def test_logits_match_reference(gpu, synthetic_model, weight_type):
+    from reference_forward import ReferenceModel
+
+    path = str(synthetic_model(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, weight_type=weight_type, seed=3))
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), _ref_tol(weight_type), f"{weight_type} prompt vs reference")
+    for t in (9, 44, 180):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], _ref_tol(weight_type), f"{weight_type} decode vs reference")
+
+
+@pytest.mark.parametrize("weight_type", TYPES)
 def test_logits_match_cpu(gpu, synthetic_model, weight_type):
     path = str(synthetic_model(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, weight_type=weight_type, seed=3))
     cpu = ffnskip.Session(path, n_ctx=64, backend="cpu")
     gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
     assert gpu_s.backend == "cuda"
     # Batched prompt (cuBLAS), then single decode steps (graph) on both.
-    _close(gpu_s.eval(IDS, all_logits=True), cpu.eval(IDS, all_logits=True), _tol(weight_type))
+    _close(gpu_s.eval(IDS, all_logits=True), cpu.eval(IDS, all_logits=True), _tol(weight_type), f"{weight_type} prompt vs CPU")
     for t in (9, 44, 180):
-        _close(gpu_s.eval([t]), cpu.eval([t]), _tol(weight_type))
+        _close(gpu_s.eval([t]), cpu.eval([t]), _tol(weight_type), f"{weight_type} decode vs CPU")
+
+
+@pytest.mark.parametrize("weight_type", ["F32", "F16", "BF16", "Q8_0", "Q4_1"])
+@pytest.mark.parametrize("fuse", ["1", "0"])
+def test_odd_shapes_match_reference(gpu, synthetic_model, monkeypatch, weight_type, fuse):
+    """Rows not a multiple of 256 (the dense kernels' step), an odd vocabulary (a warp's
+    last row pair half empty), and the unfused decode path (FFNSKIP_CUDA_FUSE=0)."""
+    from reference_forward import ReferenceModel
+
+    monkeypatch.setenv("FFNSKIP_CUDA_FUSE", fuse)
+    path = str(synthetic_model(n_embd=160, n_layer=2, n_head=5, n_ff=416, n_vocab=389, weight_type=weight_type, seed=7))
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    tol = _ref_tol(weight_type)
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), tol, f"{weight_type} odd shapes prompt")
+    for t in (9, 44, 180, 388):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], tol, f"{weight_type} odd shapes decode, fuse={fuse}")
 
 
 def test_mixed_types_and_gqa_match_cpu(gpu, synthetic_model):
     path = str(synthetic_model(n_embd=256, n_layer=2, n_head=8, n_head_kv=2, n_ff=768, weight_type="Q4_K",
                                tensor_types={"blk.*.ffn_down.weight": "Q6_K", "token_embd.weight": "Q8_0"},
                                tied_output=False, seed=5))
-    cpu = ffnskip.Session(path, n_ctx=64, backend="cpu").eval(IDS, all_logits=True)
-    got = ffnskip.Session(path, n_ctx=64, backend="cuda").eval(IDS, all_logits=True)
-    _close(got, cpu, 2e-2)
+    from reference_forward import ReferenceModel
+
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), 5e-3, "mixed types prompt")
+    for t in (9, 44):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], 5e-3, "mixed types decode")
 
 
 def test_unsupported_type_is_a_clear_error(gpu, synthetic_model):
@@ -107,7 +156,7 @@ def _generate(path, backend, **skip):
     dict(policy="static", max_skip=2, cold_start=1, cold_end=1, warmup=0, refresh_every=0, seed=2),
     dict(policy="layers", layers=[2, 3]),
     dict(policy="shortgpt", layers=[3]),
-    dict(policy="skipdecode", target_ratio=0.25, warmup=1, skipdecode_span=8),
+    dict(policy="skipdecode", target_ratio=0.25, cold_start=1, cold_end=1, warmup=1, skipdecode_span=8),
 ])
 def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
     # F32 weights: the backends' logits agree to ~1e-5, far below the greedy margins here.
@@ -137,19 +186,51 @@ def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
     assert got.tokens == want.tokens
 
 
+@pytest.fixture
+def real_model(request):
+    """SmolLM2 Q4_1, or the GGUF that FFNSKIP_GPU_TEST_MODEL names (a GPU machine that
+    cannot fetch the model gets a copy of its first layers, tests/gguf_truncate.py)."""
+    path = os.environ.get("FFNSKIP_GPU_TEST_MODEL")
+    return pathlib.Path(path) if path else request.getfixturevalue("smollm2_q4_1")
+
+
 @pytest.mark.slow
-def test_smollm2_logits_and_greedy_match_cpu(gpu, smollm2_q4_1):
-    cpu = ffnskip.Session(str(smollm2_q4_1), n_ctx=256, backend="cpu")
-    gpu_s = ffnskip.Session(str(smollm2_q4_1), n_ctx=256, backend="cuda")
-    ids = cpu.tokenize("The capital of France is")
-    _close(gpu_s.eval(ids, all_logits=True), cpu.eval(ids, all_logits=True), 2e-2)
-    cpu.reset()
+def test_real_model_logits_and_greedy_match_reference(gpu, real_model):
+    """Real weights and tokenizer: logits against the numpy reference, and every greedy
+    token the GPU picks is the reference's choice up to that tolerance (the reference is
+    fed the GPU's tokens, so the two never part and every step is checked)."""
+    from reference_forward import ReferenceModel
+
+    tol = 5e-3
+    gpu_s = ffnskip.Session(str(real_model), n_ctx=256, backend="cuda")
+    ref = ReferenceModel(real_model, kv_f16=True)
+    ids = gpu_s.tokenize("The capital of France is")
+    want = ref.forward(ids)
+    _close(gpu_s.eval(ids, all_logits=True), want, 5e-3, "real model prompt")
     gpu_s.reset()
+    out = gpu_s.generate("The capital of France is", max_tokens=32, temperature=0, ignore_eos=True)
+    assert len(out.tokens) == 32
+    ref.reset()
+    logits = ref.forward(ids)[-1]
+    worst = 0.0
+    for step, tok in enumerate(out.tokens):
+        gap = float(logits.max() - logits[tok])
+        worst = max(worst, gap / float(np.abs(logits).max()))
+        assert gap <= tol * float(np.abs(logits).max()), (step, tok, int(np.argmax(logits)), gap)
+        logits = ref.forward([tok])[-1]
+    print(f"\ngreedy: worst gap to the reference's best logit {worst:.2e} of max |logit| over 32 steps")
+
+
+@pytest.mark.slow
+def test_real_model_greedy_matches_cpu(gpu, real_model):
+    cpu = ffnskip.Session(str(real_model), n_ctx=256, backend="cpu")
+    gpu_s = ffnskip.Session(str(real_model), n_ctx=256, backend="cuda")
     a = cpu.generate("The capital of France is", max_tokens=32, temperature=0)
     b = gpu_s.generate("The capital of France is", max_tokens=32, temperature=0)
-    # Near-ties may part the texts (Q4_1 with 8-bit vs float activations): demand a long common prefix.
+    # The CPU's 8-bit activations against the GPU's float: the texts part at a near tie.
     common = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), len(a.tokens))
-    assert common >= 16, (a.tokens, b.tokens)
+    print(f"\ngreedy CPU vs GPU: {common} identical tokens of {len(a.tokens)}")
+    assert common >= 4, (a.tokens, b.tokens)
 
 
 # ---- CI: the CUDA backend compiles and links wherever nvcc and cuBLAS are present ----

@@ -1,4 +1,4 @@
-// One block per (query head, token), four warps. Each warp walks every fourth key with
+// One block per (query head, token), ATTN_WARPS warps. Each warp walks every ATTN_WARPS-th key with
 // an online softmax (running maximum m, running sum l, weighted value sum acc); the
 // warps' partial results are merged at the end. Lane j holds head elements j, j + 32, ...
 // No score buffer is stored, so any context length works.
@@ -13,7 +13,7 @@ namespace cuda {
 
 namespace {
 
-constexpr int ATTN_WARPS = 4;
+constexpr int ATTN_WARPS = 16;   // decode has one block per head: spread its keys wide
 constexpr int PER_LANE = ATTN_MAX_HEAD_DIM / 32;
 
 __global__ void attention_kernel(const float* __restrict__ q, const __half* __restrict__ k_cache,
@@ -36,6 +36,7 @@ __global__ void attention_kernel(const float* __restrict__ q, const __half* __re
         acc[e] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
+#pragma unroll 2
     for (int j = warp; j < n_keys; j += ATTN_WARPS) {
         const __half* k = k_cache + (int64_t)j * kv_width + (int64_t)kvh * head_dim;
         float dot = 0.0f;
@@ -72,9 +73,11 @@ __global__ void attention_kernel(const float* __restrict__ q, const __half* __re
     }
     __syncthreads();
     float big = -INFINITY;
+#pragma unroll
     for (int w = 0; w < ATTN_WARPS; w++) big = fmaxf(big, s_m[w]);
     float total = 0.0f;
     float weight[ATTN_WARPS];
+#pragma unroll
     for (int w = 0; w < ATTN_WARPS; w++) {
         weight[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - big);   // warps that saw no key
         total += s_l[w] * weight[w];
@@ -83,6 +86,7 @@ __global__ void attention_kernel(const float* __restrict__ q, const __half* __re
     float* o = out + ((int64_t)t * n_head + h) * head_dim;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float sum = 0.0f;
+#pragma unroll
         for (int w = 0; w < ATTN_WARPS; w++) sum += s_acc[w][i] * weight[w];
         o[i] = sum * inv;
     }

@@ -100,6 +100,8 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     kv_width_ = hp.n_head_kv * hp.head_dim;
     const char* graphs = std::getenv("FFNSKIP_CUDA_GRAPH");   // "0": launch decode steps one kernel at a time
     use_graph_ = !(graphs && std::strcmp(graphs, "0") == 0);
+    const char* fuse = std::getenv("FFNSKIP_CUDA_FUSE");       // "0": one launch per matrix, as the prompt path
+    fuse_ = !(fuse && std::strcmp(fuse, "0") == 0);
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -284,6 +286,7 @@ void CudaForward::allocate_and_upload() {
     step_h_.place(step_host_mem_, n_batch_, hp.n_layer);
     FFNSKIP_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&logits_host_), nb * hp.n_vocab * sizeof(float)));
     mask_.assign(hp.n_layer, 0);
+    cuda::matvec_prepare(max_in);
 }
 
 // ---- matrix products ---------------------------------------------------------------
@@ -342,6 +345,23 @@ void CudaForward::gemm(const cuda::DeviceMatrix& W, const float* x, float* y, in
 
 // ---- the forward pass --------------------------------------------------------------
 
+// q, k, v of one layer from xb_: for one token in as few launches as their types allow.
+void CudaForward::project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv) {
+    const cuda::DeviceMatrix* W[3] = {&L.wq, &L.wk, &L.wv};
+    float* y[3] = {q_, k_, v_};
+    const int* skip[3] = {skip_attn, skip_kv, skip_kv};
+    if (n > 1 || !fuse_) {
+        for (int i = 0; i < 3; i++) mul_mat(*W[i], xb_, y[i], n, skip[i]);
+        return;
+    }
+    for (int i = 0; i < 3;) {
+        int j = i + 1;
+        while (j < 3 && cuda::fusable(*W[i], *W[j])) j++;
+        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, stream_);
+        i = j;
+    }
+}
+
 void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip) {
     const HParams& hp = m_.hp;
     const int64_t D = hp.n_embd;
@@ -358,14 +378,16 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
 
         // ---- attention: h = x + Wo attn(norm(x)); keys/values also for skipdecode's exit layers ----
         cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, skip_kv, s);
-        mul_mat(L.wq, xb_, q_, n, skip_attn);
-        cuda::rope_inplace(q_, n, hp.n_head, rope_, pos, skip_attn, s);
-        mul_mat(L.wk, xb_, k_, n, skip_kv);
-        mul_mat(L.wv, xb_, v_, n, skip_kv);
-        cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s);
+        project_qkv(L, n, skip_attn, skip_kv);
+        cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_, hp.n_head,
+                            skip_attn);
         cuda::attention(q_, k_cache(il), v_cache(il), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, pos, skip_attn, s);
-        mul_mat(L.wo, att_, xb2_, n, skip_attn);
-        cuda::add_inplace(x_, xb2_, n * D, skip_attn, s);
+        if (n == 1 && fuse_) {
+            cuda::matvec_accumulate(L.wo, att_, x_, skip_attn, s);
+        } else {
+            mul_mat(L.wo, att_, xb2_, n, skip_attn);
+            cuda::add_inplace(x_, xb2_, n * D, skip_attn, s);
+        }
 
         // ---- the skip gate: on the device every FFN kernel reads skip_ffn[il], which the
         //      gate kernel of an earlier layer may have set during this step ----
@@ -373,9 +395,13 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, s);
-        mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn);
-        mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn);
-        cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, s);
+        if (n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up)) {
+            cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, s);
+        } else {
+            mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn);
+            mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn);
+            cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, s);
+        }
         mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn);
         if (device_skip)
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.cosines, step_d_.rules, s);

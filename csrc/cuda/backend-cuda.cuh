@@ -67,6 +67,7 @@ class CudaForward : public Backend {
     void encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip);
     void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip);
     void gemm(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);
+    void project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv);
     void write_step_plan(const SkipSchedule* skip);
     __half* k_cache(int layer) const { return k_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
     __half* v_cache(int layer) const { return v_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
@@ -78,6 +79,7 @@ class CudaForward : public Backend {
     const cuda::CublasApi* blas_ = nullptr;
     cublasHandle_t blas_handle_ = nullptr;
     bool use_graph_ = true;
+    bool fuse_ = true;   // decode: Q/K/V in one launch, gate/up with SwiGLU, Wo with the residual add
     cudaGraphExec_t graph_ = nullptr;
 
     // Device memory: one allocation, carved up in allocate_and_upload.

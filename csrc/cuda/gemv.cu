@@ -148,31 +148,231 @@ __device__ __forceinline__ void load_unit(const uint8_t* row, int64_t u, float (
     }
 }
 
-// One warp per output row, 4 rows per block.
-constexpr int MATVEC_WARPS = 4;
+// ---- matrix-vector products --------------------------------------------------------
+//
+// A block of MV_WARPS warps takes MV_ROWS consecutive rows per warp, all of one matrix
+// of the launch (a launch fuses up to three matrices that read the same x). Two work
+// splits keep a warp's loads contiguous:
+// - dense types (F32, F16, BF16): lane i takes elements 8i .. 8i+7 of every 256-element
+//   chunk, so a warp reads 256 consecutive weights and x values per step;
+// - block types: lane i takes 32-element units i, i+32, ... (neighbouring lanes read
+//   neighbouring blocks) and x is staged once per block in shared memory as F16, each
+//   unit padded by 16 bytes so that the lanes' 16-byte reads hit distinct banks.
+// Each row of a warp shares the x values loaded for it.
+
+constexpr int MV_WARPS = 4;
+constexpr int MV_ROWS = 2;
+constexpr int XS_UNIT = UNIT + 8;   // halves per staged unit: 32 values + 16 bytes of padding
 
 template <GgmlType T>
-__global__ void matvec_kernel(const uint8_t* W, size_t row_bytes, int64_t n_in, int64_t n_out,
-                              const float* __restrict__ x, float* __restrict__ y, const int* skip) {
-    if (skipped(skip)) return;
-    const int lane = threadIdx.x % 32;
-    const int64_t r = (int64_t)blockIdx.x * MATVEC_WARPS + threadIdx.x / 32;
-    if (r >= n_out) return;
-    const uint8_t* row = W + (size_t)r * row_bytes;
-    const int64_t n_units = n_in / UNIT;
-    float acc = 0.0f;
-    for (int64_t u = lane; u < n_units; u += 32) {
-        float w[UNIT];
-        load_unit<T>(row, u, w);
-        const float4* xv = reinterpret_cast<const float4*>(x + u * UNIT);
+__host__ __device__ constexpr bool dense_type() { return T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16; }
+
+// Eight weights at element e (a multiple of 8) of a dense row.
+template <GgmlType T>
+__device__ __forceinline__ void load8(const uint8_t* row, int64_t e, float (&w)[8]) {
+    if constexpr (T == GgmlType::F32) {
+        const float4* p = reinterpret_cast<const float4*>(row) + e / 4;
+        const float4 a = p[0], b = p[1];
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+    } else {
+        const uint4 v = *(reinterpret_cast<const uint4*>(row) + e / 8);
+        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const float4 a = xv[i];
-            acc += w[4 * i] * a.x + w[4 * i + 1] * a.y + w[4 * i + 2] * a.z + w[4 * i + 3] * a.w;
+        for (int j = 0; j < 4; j++) {
+            float2 f;
+            if constexpr (T == GgmlType::F16) f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+            else f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[j]));
+            w[2 * j] = f.x; w[2 * j + 1] = f.y;
         }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[r] = acc;
+}
+
+// 0..255 in byte b of v as a float, without an int-to-float conversion (a quarter-rate
+// instruction): 2^23 + v in the mantissa, minus 2^23.
+__device__ __forceinline__ float byte_to_float(uint32_t v, int b) {
+    return __int_as_float((int)__byte_perm(v, 0x4B000000u, 0x7650u + b)) - 8388608.0f;
+}
+
+// Dot product of unit u of a row with the staged x (32 values as F16 at xu).
+template <GgmlType T>
+__device__ __forceinline__ float unit_dot(const uint8_t* row, int64_t u, const float (&x)[UNIT], float x_sum) {
+    if constexpr (T == GgmlType::Q4_K) {
+        // {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}, 16-byte aligned: sub-block s is
+        // nibble s%2 of qs[32 (s/2) + l]. sum_l (d1 q_l - m1) x_l = d1 sum q_l x_l - m1 sum x_l.
+        const uint8_t* b = row + (u / 8) * 144;
+        const int s = (int)(u % 8);
+        const uint4 head = *reinterpret_cast<const uint4*>(b);
+        const uint4* qv = reinterpret_cast<const uint4*>(b + 16 + 32 * (s / 2));
+        const uint4 q0 = qv[0], q1 = qv[1];
+        const uint32_t hw[3] = {head.y, head.z, head.w};   // the 12 scale bytes
+        auto sbyte = [&](int k) -> int { const uint32_t w = k < 4 ? hw[0] : (k < 8 ? hw[1] : hw[2]); return (w >> (8 * (k & 3))) & 0xFF; };
+        int sc, m;
+        if (s < 4) {
+            sc = sbyte(s) & 63;
+            m = sbyte(s + 4) & 63;
+        } else {
+            sc = (sbyte(s + 4) & 0xF) | ((sbyte(s - 4) >> 6) << 4);
+            m = (sbyte(s + 4) >> 4) | ((sbyte(s) >> 6) << 4);
+        }
+        const float d = __half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFF)));
+        const float dmin = __half2float(__ushort_as_half((unsigned short)(head.x >> 16)));
+        const int shift = 4 * (s % 2);
+        const uint32_t words[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const uint32_t nib = (words[j] >> shift) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int k = 0; k < 4; k++) dot += byte_to_float(nib, k) * x[4 * j + k];
+        }
+        return d * float(sc) * dot - dmin * float(m) * x_sum;
+    } else if constexpr (T == GgmlType::Q8_0) {
+        // {f16 d; int8 qs[32]}: 2-byte aligned; q + 128 is a byte 0..255.
+        const uint8_t* b = row + u * 34;
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(b);
+        const float d = __half2float(__ushort_as_half(h[0]));
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const uint32_t v = (uint32_t(h[1 + 2 * j]) | (uint32_t(h[2 + 2 * j]) << 16)) ^ 0x80808080u;
+#pragma unroll
+            for (int k = 0; k < 4; k++) dot += byte_to_float(v, k) * x[4 * j + k];
+        }
+        return d * (dot - 128.0f * x_sum);
+    } else {
+        float w[UNIT];
+        load_unit<T>(row, u, w);
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < UNIT; i++) dot += w[i] * x[i];
+        return dot;
+    }
+}
+
+template <GgmlType T, int NR>
+__device__ __forceinline__ void dense_dots(const uint8_t* const (&rows)[NR], int n_valid, int64_t n_in,
+                                           const float* __restrict__ x, int lane, float (&acc)[NR]) {
+#pragma unroll 4
+    for (int64_t e = 8 * lane; e < n_in; e += 256) {
+        const float4 xa = *reinterpret_cast<const float4*>(x + e), xb = *reinterpret_cast<const float4*>(x + e + 4);
+        const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r >= n_valid) break;
+            float w[8];
+            load8<T>(rows[r], e, w);
+#pragma unroll
+            for (int i = 0; i < 8; i++) acc[r] += w[i] * xv[i];
+        }
+    }
+}
+
+template <GgmlType T, int NR>
+__device__ __forceinline__ void block_dots(const uint8_t* const (&rows)[NR], int n_valid, int64_t n_in,
+                                           const __half* xs, int lane, float (&acc)[NR]) {
+    const int64_t n_units = n_in / UNIT;
+#pragma unroll 2
+    for (int64_t u = lane; u < n_units; u += 32) {
+        const uint4* xp = reinterpret_cast<const uint4*>(xs + u * XS_UNIT);
+        float xv[UNIT];
+        float x_sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint4 v = xp[i];
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+                xv[8 * i + 2 * j] = f.x;
+                xv[8 * i + 2 * j + 1] = f.y;
+                x_sum += f.x + f.y;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r >= n_valid) break;
+            acc[r] += unit_dot<T>(rows[r], u, xv, x_sum);
+        }
+    }
+}
+
+// What a launch computes: up to three matrices of one type and row length times x.
+// STORE: y_m = W_m x. ACCUMULATE: y_0 += W_0 x. SWIGLU: y_0 = silu(W_0 x) * (W_1 x), a
+// warp taking the same rows of W_0 and W_1.
+enum MatvecMode : int { MV_STORE = 0, MV_ACCUMULATE = 1, MV_SWIGLU = 2 };
+
+struct MatvecArgs {
+    const uint8_t* W[3];
+    float* y[3];
+    const int* skip[3];
+    int64_t n_out[3];
+    int32_t block_start[4];   // blocks of matrix m: block_start[m] .. block_start[m+1]-1
+    int n_mat;
+    int64_t n_in;
+    size_t row_bytes;
+};
+
+template <GgmlType T, int MODE>
+__global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs a, const float* __restrict__ x) {
+    const int m = (int)blockIdx.x >= a.block_start[1] ? ((int)blockIdx.x >= a.block_start[2] ? 2 : 1) : 0;
+    if (skipped(a.skip[m])) return;   // the whole block belongs to matrix m
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t r0 = ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * MV_ROWS;
+    const int64_t left = a.n_out[m] - r0;
+    const int n_valid = left <= 0 ? 0 : (left < MV_ROWS ? (int)left : MV_ROWS);
+
+    constexpr int NR = MODE == MV_SWIGLU ? 2 * MV_ROWS : MV_ROWS;
+    const uint8_t* rows[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int mm = MODE == MV_SWIGLU ? r / MV_ROWS : m;
+        const int64_t rr = r0 + (MODE == MV_SWIGLU ? r % MV_ROWS : r);
+        rows[r] = a.W[mm] + (size_t)(rr < a.n_out[m] ? rr : a.n_out[m] - 1) * a.row_bytes;
+    }
+    // In SWIGLU mode rows MV_ROWS.. are W_1's; n_valid counts per matrix.
+    const int n_live = MODE == MV_SWIGLU ? NR : n_valid;
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+
+    if constexpr (dense_type<T>()) {
+        if (n_valid == 0) return;
+        dense_dots<T, NR>(rows, n_live, a.n_in, x, lane, acc);
+    } else {
+        extern __shared__ uint4 xs_raw[];
+        __half* xs = reinterpret_cast<__half*>(xs_raw);
+        // Four consecutive values per thread and step, the loads of several steps in flight.
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        const int64_t n4 = a.n_in / 4;
+#pragma unroll 8
+        for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+            const float4 v = x4[i];
+            __half2* d = reinterpret_cast<__half2*>(xs + (i / 8) * XS_UNIT + (i % 8) * 4);
+            d[0] = __floats2half2_rn(v.x, v.y);
+            d[1] = __floats2half2_rn(v.z, v.w);
+        }
+        __syncthreads();
+        if (n_valid == 0) return;
+        block_dots<T, NR>(rows, n_live, a.n_in, xs, lane, acc);
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = warp_sum(acc[r]);
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < MV_ROWS; r++) {
+        if (r >= n_valid) break;
+        if constexpr (MODE == MV_STORE) a.y[m][r0 + r] = acc[r];
+        else if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
+        else {
+            const float g = acc[r], up = acc[MV_ROWS + r];
+            a.y[0][r0 + r] = g / (1.0f + expf(-g)) * up;
+        }
+    }
+}
+
+size_t matvec_smem(GgmlType type, int64_t n_in) {
+    if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) return 0;
+    return (size_t)(n_in / UNIT) * XS_UNIT * sizeof(__half);
 }
 
 // One thread per unit of the tile.
@@ -238,12 +438,27 @@ bool matrix_type_supported(GgmlType type) {
 }
 
 namespace {
+
 struct MatvecLaunch {
-    const DeviceMatrix& W; const float* x; float* y; const int* skip; cudaStream_t s;
+    const MatvecArgs& a; const float* x; int mode; unsigned blocks; size_t smem; cudaStream_t s;
     template <GgmlType T> void operator()() const {
-        matvec_kernel<T><<<blocks_for(W.n_out, MATVEC_WARPS), 32 * MATVEC_WARPS, 0, s>>>(W.data, W.row_bytes, W.n_in, W.n_out, x, y, skip);
+        if (mode == MV_STORE) matvec_kernel<T, MV_STORE><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
+        else if (mode == MV_ACCUMULATE) matvec_kernel<T, MV_ACCUMULATE><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
+        else matvec_kernel<T, MV_SWIGLU><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
     }
 };
+
+struct MatvecSmemLimit {
+    int bytes;
+    template <GgmlType T> void operator()() const {
+        if constexpr (!dense_type<T>()) {
+            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        }
+    }
+};
+
 struct DequantLaunch {
     const DeviceMatrix& W; int64_t row0, n_rows; __half* out; cudaStream_t s;
     template <GgmlType T> void operator()() const {
@@ -256,11 +471,75 @@ struct EmbedLaunch {
         embed_kernel<T><<<blocks_for((int64_t)n * (W.n_in / UNIT), 256), 256, 0, s>>>(W.data, W.row_bytes, W.n_in, tokens, n, out);
     }
 };
+
+void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n_mat, int mode,
+                   const float* x, cudaStream_t stream) {
+    MatvecArgs a{};
+    const int rows_per_block = MV_WARPS * MV_ROWS;
+    const int counted = mode == MV_SWIGLU ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
+    int32_t blocks = 0;
+    for (int m = 0; m < 3; m++) {
+        a.block_start[m] = blocks;
+        if (m < n_mat) {
+            if (W[m]->type != W[0]->type || W[m]->n_in != W[0]->n_in || W[m]->row_bytes != W[0]->row_bytes)
+                throw Error("CUDA backend: internal error: fused matrix-vector product over unlike matrices");
+            a.W[m] = W[m]->data;
+            a.y[m] = y[m];
+            a.skip[m] = skip ? skip[m] : nullptr;
+            a.n_out[m] = W[m]->n_out;
+        }
+        if (m < counted) blocks += (int32_t)blocks_for(W[m]->n_out, rows_per_block);
+    }
+    a.block_start[3] = blocks;
+    for (int m = counted; m < 3; m++) a.block_start[m] = blocks;
+    a.n_mat = n_mat;
+    a.n_in = W[0]->n_in;
+    a.row_bytes = W[0]->row_bytes;
+    dispatch(W[0]->type, MatvecLaunch{a, x, mode, (unsigned)blocks, matvec_smem(W[0]->type, a.n_in), stream});
+    FFNSKIP_CUDA_LAUNCHED();
+}
+
 }  // namespace
 
+void matvec_prepare(int64_t max_n_in) {
+    const int bytes = (int)matvec_smem(GgmlType::Q4_0, max_n_in);
+    if (bytes <= 48 * 1024) return;
+    for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                       GgmlType::Q4_K, GgmlType::Q6_K})
+        dispatch(t, MatvecSmemLimit{bytes});
+}
+
 void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream) {
-    dispatch(W.type, MatvecLaunch{W, x, y, skip, stream});
-    FFNSKIP_CUDA_LAUNCHED();
+    const DeviceMatrix* w[1] = {&W};
+    float* ys[1] = {y};
+    const int* sk[1] = {skip};
+    launch_matvec(w, ys, sk, 1, MV_STORE, x, stream);
+}
+
+void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
+                  cudaStream_t stream) {
+    if (n < 1 || n > 3) throw Error("CUDA backend: internal error: matvec_multi of " + std::to_string(n) + " matrices");
+    launch_matvec(W, y, skip, n, MV_STORE, x, stream);
+}
+
+void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream) {
+    const DeviceMatrix* w[1] = {&W};
+    float* ys[1] = {y};
+    const int* sk[1] = {skip};
+    launch_matvec(w, ys, sk, 1, MV_ACCUMULATE, x, stream);
+}
+
+void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, float* y, const int* skip,
+                   cudaStream_t stream) {
+    if (gate.n_out != up.n_out) throw Error("CUDA backend: internal error: gate and up differ in rows");
+    const DeviceMatrix* w[2] = {&gate, &up};
+    float* ys[2] = {y, nullptr};
+    const int* sk[2] = {skip, skip};
+    launch_matvec(w, ys, sk, 2, MV_SWIGLU, x, stream);
+}
+
+bool fusable(const DeviceMatrix& a, const DeviceMatrix& b) {
+    return a.type == b.type && a.n_in == b.n_in && a.row_bytes == b.row_bytes;
 }
 
 void dequantize_rows_f16(const DeviceMatrix& W, int64_t row0, int64_t n_rows, __half* out, cudaStream_t stream) {

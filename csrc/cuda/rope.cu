@@ -17,31 +17,30 @@ __device__ void rope_angle(int p, int i, const RopeParams& rp, float* c, float* 
     *s = sinf(t);
 }
 
-// One thread per (token, head, pair).
-__global__ void rope_kernel(float* q, int n_tokens, int n_heads, RopeParams rp, const int* pos, const int* skip) {
-    if (skipped(skip)) return;
-    const int half = rp.n_rot / 2;
-    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (int64_t)n_tokens * n_heads * half) return;
-    const int i = (int)(idx % half);
-    const int h = (int)((idx / half) % n_heads);
-    const int t = (int)(idx / ((int64_t)half * n_heads));
-    float c, s;
-    rope_angle(*pos + t, i, rp, &c, &s);
-    float* v = q + ((int64_t)t * n_heads + h) * rp.head_dim;
-    const float x0 = v[2 * i], x1 = v[2 * i + 1];
-    v[2 * i] = x0 * c - x1 * s;
-    v[2 * i + 1] = x0 * s + x1 * c;
-}
-
-// One thread per (token, kv head, pair of elements): pairs below n_rot rotate, the
-// rest pass through.
-__global__ void rope_store_kernel(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens,
-                                  int n_head_kv, RopeParams rp, const int* pos, const int* skip) {
-    if (skipped(skip)) return;
+// One thread per (token, kv head, pair of elements) of k/v, then one per (token, head,
+// rotated pair) of q when q is given: pairs below n_rot rotate, the rest pass through.
+__global__ void rope_store_kernel(float* q, int n_head, const int* skip_q, const float* k, const float* v,
+                                  __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv, RopeParams rp,
+                                  const int* pos, const int* skip) {
     const int pairs = rp.head_dim / 2;
-    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (int64_t)n_tokens * n_head_kv * pairs) return;
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t n_kv = (int64_t)n_tokens * n_head_kv * pairs;
+    if (idx >= n_kv) {
+        idx -= n_kv;
+        const int half = rp.n_rot / 2;
+        if (q == nullptr || skipped(skip_q) || idx >= (int64_t)n_tokens * n_head * half) return;
+        const int i = (int)(idx % half);
+        const int h = (int)((idx / half) % n_head);
+        const int t = (int)(idx / ((int64_t)half * n_head));
+        float c, s;
+        rope_angle(*pos + t, i, rp, &c, &s);
+        float* r = q + ((int64_t)t * n_head + h) * rp.head_dim;
+        const float x0 = r[2 * i], x1 = r[2 * i + 1];
+        r[2 * i] = x0 * c - x1 * s;
+        r[2 * i + 1] = x0 * s + x1 * c;
+        return;
+    }
+    if (skipped(skip)) return;
     const int i = (int)(idx % pairs);
     const int h = (int)((idx / pairs) % n_head_kv);
     const int t = (int)(idx / ((int64_t)pairs * n_head_kv));
@@ -67,18 +66,13 @@ unsigned blocks(int64_t n) { return (unsigned)((n + 127) / 128); }
 
 }  // namespace
 
-void rope_inplace(float* q, int n_tokens, int n_heads, const RopeParams& rp, const int* pos, const int* skip,
-                  cudaStream_t stream) {
-    const int64_t n = (int64_t)n_tokens * n_heads * (rp.n_rot / 2);
-    if (n == 0) return;
-    rope_kernel<<<blocks(n), 128, 0, stream>>>(q, n_tokens, n_heads, rp, pos, skip);
-    FFNSKIP_CUDA_LAUNCHED();
-}
-
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
-                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream) {
-    const int64_t n = (int64_t)n_tokens * n_head_kv * (rp.head_dim / 2);
-    rope_store_kernel<<<blocks(n), 128, 0, stream>>>(k, v, k_cache, v_cache, n_tokens, n_head_kv, rp, pos, skip);
+                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream, float* q, int n_head,
+                   const int* skip_q) {
+    const int64_t n = (int64_t)n_tokens * n_head_kv * (rp.head_dim / 2) +
+                      (q ? (int64_t)n_tokens * n_head * (rp.n_rot / 2) : 0);
+    rope_store_kernel<<<blocks(n), 128, 0, stream>>>(q, n_head, skip_q, k, v, k_cache, v_cache, n_tokens, n_head_kv,
+                                                       rp, pos, skip);
     FFNSKIP_CUDA_LAUNCHED();
 }
 

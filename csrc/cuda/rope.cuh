@@ -18,14 +18,12 @@ struct RopeParams {
     const float* freq_factors = nullptr;   // device (n_rot / 2) or null
 };
 
-// Rotates q (n_tokens, n_heads, head_dim) in place; token t sits at position *pos + t.
-void rope_inplace(float* q, int n_tokens, int n_heads, const RopeParams& rp, const int* pos, const int* skip,
-                  cudaStream_t stream);
-
 // Rotates k and stores k, v (n_tokens, kv_width) as fp16 at rows *pos + t of one
-// layer's caches k_cache, v_cache (n_ctx, kv_width).
+// layer's caches k_cache, v_cache (n_ctx, kv_width); with q given, also rotates q
+// (n_tokens, n_head, head_dim) in place (unless *skip_q), in the same launch.
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
-                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream);
+                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream, float* q = nullptr,
+                   int n_head = 0, const int* skip_q = nullptr);
 
 }  // namespace cuda
 }  // namespace ffnskip

@@ -15,6 +15,7 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
     if (ffn_skip[layer] != 0) return;
     __shared__ double scratch[32];
     double ab = 0.0, aa = 0.0, bb = 0.0;
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const float before = x[i];
         const float after = before + f[i];

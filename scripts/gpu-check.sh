@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU, nvcc and cuBLAS: build the extension with the CUDA
+# backend, run the GPU tests, a memory check of a few of them, and the decode benchmark.
+# Logs and results go to OUT_DIR.
+#
+#   scripts/gpu-check.sh OUT_DIR [bench seconds]
+#
+# Environment: PYTHON (default python3), CUDA_ARCH (default 90-real), BENCH_ARGS (extra
+# arguments for bench/bench_cuda.py), FFNSKIP_GPU_TEST_MODEL (a GGUF for the real-model
+# test when SmolLM2 cannot be fetched).
+set -u
+out=${1:?usage: scripts/gpu-check.sh OUT_DIR [bench seconds]}
+bench_seconds=${2:-300}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+export PATH=$PATH:/usr/local/cuda/bin
+py=${PYTHON:-python3}
+t0=$(date +%s)
+stamp() { echo "## $(( $(date +%s) - t0 )) s: $*"; }
+
+stamp "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+
+stamp "build"
+if ! { cmake -S . -B build/gpu -G Ninja -DFFNSKIP_CUDA=ON -DFFNSKIP_TESTS=OFF \
+        -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90-real}" -DPython_EXECUTABLE="$(command -v "$py")" \
+        -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" &&
+       cmake --build build/gpu -j "$(nproc)"; } > "$out/build.log" 2>&1; then
+    tail -60 "$out/build.log"
+    exit 1
+fi
+grep -E "CUDA backend|cuBLAS" "$out/build.log"
+export PYTHONPATH=python${PYTHONPATH:+:$PYTHONPATH}
+"$py" -c "import ffnskip; print(ffnskip.build_info()); print(ffnskip.available_backends())"
+
+stamp "GPU tests"
+"$py" -m pytest tests/test_cuda.py -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|assert" | head -80
+
+stamp "bench"
+"$py" bench/bench_cuda.py --max-seconds "$bench_seconds" --json "$out/bench.json" --markdown "$out/bench.md" \
+    ${BENCH_ARGS:-} 2>&1
+
+stamp "profile"
+for t in ${PROFILE_TYPES:-F16 Q4_K}; do
+    timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$py" bench/profile_cuda.py --type "$t" > "$out/kernels-$t.csv" 2> "/tmp/profile-$t.err"
+    echo "ncu $t exit $?"
+    "$py" bench/profile_cuda.py --summarize "$out/kernels-$t.csv" 2>&1 | head -20
+done
+
+stamp "memcheck"
+timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$py" -m pytest tests/test_cuda.py -q -x \
+    -p no:cacheprovider -k "odd_shapes and F16 or odd_shapes and Q4_1 or greedy_tokens and ffn_skip" \
+    > "$out/memcheck.log" 2>&1
+echo "memcheck exit $?"; grep -E "ERROR SUMMARY|Invalid|passed|failed" "$out/memcheck.log" | head -20
+stamp "done"
