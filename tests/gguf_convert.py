@@ -2,9 +2,10 @@
 every tensor and quantize it again (F32, F16, BF16, Q8_0, Q4_0, ... whatever
 gguf.quants.quantize makes), copying all metadata. Used to make the F32 twin of
 the Q4_1 test model (llama.cpp's greedy_f32.json was made on such a copy) and the
-format variants for benchmarks."""
+format variants for benchmarks; `truncate` keeps a model's first blocks."""
 from __future__ import annotations
 
+import re
 import sys
 
 import gguf
@@ -51,6 +52,30 @@ def convert(src: str, dst: str, type_name: str, transform=None) -> str:
             writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, values)
+    return _finish(writer, dst)
+
+
+def truncate(src: str, dst: str, n_layers: int) -> str:
+    """Keep the first n_layers blocks (tensors copied byte for byte, the block count
+    changed): a smaller real model for machines a full test model cannot be carried to."""
+    reader = gguf.GGUFReader(src)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    writer = gguf.GGUFWriter(dst, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key == f"{arch}.block_count":
+            writer.add_block_count(n_layers)
+        else:
+            _copy_field(writer, key, field)
+    for t in reader.tensors:
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        if m is None or int(m.group(1)) < n_layers:
+            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    return _finish(writer, dst)
+
+
+def _finish(writer: gguf.GGUFWriter, dst: str) -> str:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -59,6 +84,9 @@ def convert(src: str, dst: str, type_name: str, transform=None) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: gguf_convert.py SRC DST TYPE")
-    convert(sys.argv[1], sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "truncate":
+        truncate(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) == 4:
+        convert(sys.argv[1], sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: gguf_convert.py SRC DST TYPE | gguf_convert.py truncate SRC DST N_LAYERS")

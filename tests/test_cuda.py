@@ -189,7 +189,7 @@ def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
 @pytest.fixture
 def real_model(request):
     """SmolLM2 Q4_1, or the GGUF that FFNSKIP_GPU_TEST_MODEL names (a GPU machine that
-    cannot fetch the model gets a copy of its first layers, tests/gguf_truncate.py)."""
+    cannot fetch the model gets a copy of its first layers, `python tests/gguf_convert.py truncate SRC DST 10`)."""
     path = os.environ.get("FFNSKIP_GPU_TEST_MODEL")
     return pathlib.Path(path) if path else request.getfixturevalue("smollm2_q4_1")
 
