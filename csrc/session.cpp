@@ -4,7 +4,6 @@
 #include <cmath>
 #include <stdexcept>
 
-#include <unistd.h>
 
 #include "backend.h"
 #include "cpu/thread-pool.h"
@@ -67,12 +66,6 @@ Session::Session(std::shared_ptr<const Model> model, const SessionParams& params
     if (p.n_threads == 0) p.n_threads = default_thread_count();
     if (p.n_threads_batch == 0) p.n_threads_batch = p.n_threads;
     p.n_batch = std::min(p.n_batch, p.n_ctx);
-    // Refuse a cache that cannot fit before trying to allocate it.
-    const double kv_bytes = 2.0 * hp.n_layer * (double)p.n_ctx * hp.n_head_kv * hp.head_dim * sizeof(uint16_t);
-    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
-    if (ram > 0 && kv_bytes > ram)
-        throw Error("the KV cache for n_ctx = " + std::to_string(p.n_ctx) + " needs " + std::to_string(kv_bytes / (1 << 30)) +
-                    " GiB, more than this machine's " + std::to_string(ram / (1 << 30)) + " GiB of memory; lower n_ctx");
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
     bp.n_ctx = p.n_ctx;
