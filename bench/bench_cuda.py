@@ -252,9 +252,25 @@ def main():
         pathlib.Path(args.markdown).write_text("\n".join(lines) + "\n")
 
 
+def prompt_speed(session, n_tokens=512, repeats=3):
+    """Prompt processing tokens/s (cuBLAS GEMMs; quantized weights de-quantized to F16 tiles)."""
+    ids = [int(t) for t in np.random.default_rng(1).integers(1000, N_VOCAB, n_tokens)]
+    runs = []
+    for _ in range(repeats):
+        session.reset()
+        r = session.generate(ids, max_tokens=1, temperature=0, ignore_eos=True)
+        runs.append(r.stats["prompt_tokens_per_second"])
+    return float(np.median(runs))
+
+
 def measure(session, shape_name, shape, type_name, settings, args, launches):
     decode_speed(session, 8, None)   # warm-up: graph capture, clocks
     speeds, rows = {}, []
+    if launches == "default":
+        pps = prompt_speed(session)
+        rows.append(dict(shape=shape_name, type=type_name, variant=launches, setting="prompt512", tokens_per_s=pps,
+                         roofline=float("nan"), fraction=float("nan"), skip_ratio=0.0, runs=[pps]))
+        print(f"{shape_name:4} {type_name:5} {launches:7} prompt512 {pps:8.1f} tok/s", flush=True)
     for name, (skip, skipped) in settings.items():
         runs = [decode_speed(session, args.tokens, skip) for _ in range(args.repeats)]
         tps = float(np.median([r[0] for r in runs]))
