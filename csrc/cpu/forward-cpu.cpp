@@ -36,7 +36,9 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     s_.att_out.resize(nb * q_width);
     s_.hb.resize(nb * hp.n_ff);
     s_.hb2.resize(nb * hp.n_ff);
-    s_.logits.resize(nb * hp.n_vocab);
+    // logits grow on demand: most calls want one row, and n_batch rows of a large
+    // vocabulary (512 x 49152 floats: 96 MiB) would dominate the resident memory.
+    s_.logits.resize(hp.n_vocab);
     s_.act.data.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
 
     pool_decode_ = std::make_unique<ThreadPool>(n_threads);
@@ -164,6 +166,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
     // ---- logits, only for the rows asked for ----
     const int first = all_logits ? 0 : n - 1;
     const int rows = n - first;
+    if (s_.logits.size() < (size_t)rows * hp.n_vocab) s_.logits.resize((size_t)rows * hp.n_vocab);
     for (int t = 0; t < rows; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + (first + t) * D, w.output_norm.data(), D, hp.rms_eps);
     matmul(pool, w.output, s_.xb.data(), s_.logits.data(), rows, s_.act);
     return s_.logits.data();

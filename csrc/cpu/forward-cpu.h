@@ -36,7 +36,7 @@ struct RunState {
     std::vector<float> scores;     // (n_threads, n_ctx) attention weights per thread
     std::vector<float> hb;         // (n_batch, n_ff) gate, then silu(gate) * up
     std::vector<float> hb2;        // (n_batch, n_ff) up
-    std::vector<float> logits;     // (n_batch, n_vocab)
+    std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
     ActRows act;                   // activations converted to a weight's vec_dot type
 };
 
