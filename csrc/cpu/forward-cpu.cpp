@@ -36,8 +36,10 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     s_.att_out.resize(nb * q_width);
     s_.hb.resize(nb * hp.n_ff);
     s_.hb2.resize(nb * hp.n_ff);
-    s_.logits.resize(nb * hp.n_vocab);
-    s_.act.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
+    // logits grow on demand: most calls want one row, and n_batch rows of a large
+    // vocabulary (512 x 49152 floats: 96 MiB) would dominate the resident memory.
+    s_.logits.resize(hp.n_vocab);
+    s_.act.data.resize(row_size(GgmlType::F32, std::max(hp.n_ff, hp.n_embd)) * nb);
 
     pool_decode_ = std::make_unique<ThreadPool>(n_threads);
     if (n_threads_batch != n_threads) pool_batch_ = std::make_unique<ThreadPool>(n_threads_batch);
@@ -51,6 +53,7 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
     const int group = hp.n_head / hp.n_head_kv;   // query heads per key/value head
     const int q_width = hp.n_head * hd;
     const float scale = 1.0f / std::sqrt((float)hd);
+    const AttnKernels ak = attn_kernels();
     // One task per (token, head); each token sees the cache up to its own position.
     pool.parallel_for((int64_t)n * hp.n_head, 1, [&](int ith, int64_t b, int64_t e) {
         float* att = s_.scores.data() + (size_t)ith * kv_.n_ctx;
@@ -65,10 +68,7 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
             for (int i = 0; i < hd; i++) q[i] = fp16_to_fp32(fp32_to_fp16(q32[i]));
             float max_score = -INFINITY;
             for (int j = 0; j < n_keys; j++) {
-                const uint16_t* k = kv_.k_at(layer, j) + kvh * hd;
-                float dot = 0.0f;
-                for (int i = 0; i < hd; i++) dot += q[i] * fp16_to_fp32(k[i]);
-                att[j] = dot * scale;
+                att[j] = ak.dot_f16(q, kv_.k_at(layer, j) + kvh * hd, hd) * scale;
                 max_score = std::max(max_score, att[j]);
             }
             double sum = 0.0;
@@ -79,32 +79,28 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
             const float inv_sum = (float)(1.0 / sum);
             float* out = s_.att_out.data() + (size_t)t * q_width + (size_t)h * hd;
             std::fill(out, out + hd, 0.0f);
-            for (int j = 0; j < n_keys; j++) {
-                const uint16_t* v = kv_.v_at(layer, j) + kvh * hd;
-                const float a = att[j] * inv_sum;
-                for (int i = 0; i < hd; i++) out[i] += a * fp16_to_fp32(v[i]);
-            }
+            for (int j = 0; j < n_keys; j++) ak.axpy_f16(out, att[j] * inv_sum, kv_.v_at(layer, j) + kvh * hd, hd);
         }
     });
 }
 
 // Keys and values of layer `layer` for the n tokens whose normalised residual is in
-// xb: project, rotate, store in the cache as fp16. Queries are left in q.
-void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos) {
+// xb: project, rotate, store in the cache as fp16. xb_converted: the query projection
+// has just converted xb (K and V reuse that when their type matches).
+void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos, bool xb_converted) {
     const HParams& hp = m_.hp;
     const LayerWeights& L = m_.w.layers[il];
     const int kv_width = kv_.kv_width;
     const float* rope_ff = m_.w.rope_freq_factors.empty() ? nullptr : m_.w.rope_freq_factors.data();
-    matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act);
-    matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act);
+    const AttnKernels ak = attn_kernels();
+    matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act, xb_converted);
+    matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act, true);
     for (int t = 0; t < n; t++) {
         rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
         uint16_t* kc = kv_.k_at(il, pos + t);
         uint16_t* vc = kv_.v_at(il, pos + t);
-        for (int i = 0; i < kv_width; i++) {
-            kc[i] = fp32_to_fp16(s_.k[(size_t)t * kv_width + i]);
-            vc[i] = fp32_to_fp16(s_.v[(size_t)t * kv_width + i]);
-        }
+        ak.to_f16(kc, s_.k.data() + (size_t)t * kv_width, kv_width);
+        ak.to_f16(vc, s_.v.data() + (size_t)t * kv_width, kv_width);
     }
 }
 
@@ -133,7 +129,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
                 // skipdecode: later tokens attend to this position in every layer, so
                 // its keys and values come from the exit hidden state.
                 rmsnorm(s_.xb.data(), s_.x.data(), L.attn_norm.data(), D, hp.rms_eps);
-                store_kv(pool, il, 1, pos);
+                store_kv(pool, il, 1, pos, false);
             }
             continue;
         }
@@ -143,7 +139,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         matmul(pool, L.wq, s_.xb.data(), s_.q.data(), n, s_.act);
         for (int t = 0; t < n; t++)
             rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
-        store_kv(pool, il, n, pos);
+        store_kv(pool, il, n, pos, true);
         attention(pool, il, n, pos);
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
@@ -155,7 +151,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
         matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
-        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act);
+        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
         swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
         matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
         if (step && skip->wants_cosine(il)) {
@@ -170,6 +166,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
     // ---- logits, only for the rows asked for ----
     const int first = all_logits ? 0 : n - 1;
     const int rows = n - first;
+    if (s_.logits.size() < (size_t)rows * hp.n_vocab) s_.logits.resize((size_t)rows * hp.n_vocab);
     for (int t = 0; t < rows; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + (first + t) * D, w.output_norm.data(), D, hp.rms_eps);
     matmul(pool, w.output, s_.xb.data(), s_.logits.data(), rows, s_.act);
     return s_.logits.data();

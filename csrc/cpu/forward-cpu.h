@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "cpu/ops.h"
 #include "cpu/thread-pool.h"
 
 namespace ffnskip {
@@ -35,8 +36,8 @@ struct RunState {
     std::vector<float> scores;     // (n_threads, n_ctx) attention weights per thread
     std::vector<float> hb;         // (n_batch, n_ff) gate, then silu(gate) * up
     std::vector<float> hb2;        // (n_batch, n_ff) up
-    std::vector<float> logits;     // (n_batch, n_vocab)
-    std::vector<uint8_t> act;      // activations converted to a weight's vec_dot type
+    std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
+    ActRows act;                   // activations converted to a weight's vec_dot type
 };
 
 class CpuForward : public Backend {
@@ -59,7 +60,7 @@ class CpuForward : public Backend {
 
   private:
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
-    void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos);
+    void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
 
     const Model::Impl& m_;
     KvCache kv_;

@@ -5,6 +5,34 @@
 
 namespace ffnskip {
 
+// ---- attention inner loops ----------------------------------------------------------
+
+float dot_f32_f16_avx2(const float* q, const uint16_t* k, int n);
+void axpy_f16_avx2(float* out, float a, const uint16_t* v, int n);
+void fp32_to_fp16_row_avx2(uint16_t* dst, const float* src, int n);
+
+static float dot_f32_f16_scalar(const float* q, const uint16_t* k, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += q[i] * fp16_to_fp32(k[i]);
+    return sum;
+}
+
+static void axpy_f16_scalar(float* out, float a, const uint16_t* v, int n) {
+    for (int i = 0; i < n; i++) out[i] += a * fp16_to_fp32(v[i]);
+}
+
+static void fp32_to_fp16_row_scalar(uint16_t* dst, const float* src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = fp32_to_fp16(src[i]);
+}
+
+AttnKernels attn_kernels() {
+#if defined(__x86_64__) || defined(__i386__)
+    // simd_level() is "avx2" or better only after the CPUID/XGETBV check of F16C and FMA.
+    if (simd_level()[0] == 'a') return {dot_f32_f16_avx2, axpy_f16_avx2, fp32_to_fp16_row_avx2};
+#endif
+    return {dot_f32_f16_scalar, axpy_f16_scalar, fp32_to_fp16_row_scalar};
+}
+
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
@@ -13,21 +41,43 @@ void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void matmul(ThreadPool& pool, const WeightMatrix& W, const float* x, float* y, int n_tokens,
-            std::vector<uint8_t>& scratch) {
+void matmul(ThreadPool& pool, const WeightMatrix& W, const float* x, float* y, int n_tokens, ActRows& act,
+            bool same_input) {
     const GgmlType act_type = type_traits(W.type).vec_dot_type;
     const size_t act_row = row_size(act_type, W.n_in);
-    if (scratch.size() < act_row * (size_t)n_tokens) scratch.resize(act_row * (size_t)n_tokens);
-    uint8_t* act = scratch.data();
-    // Convert the activations once; every weight row reuses them.
-    pool.parallel_for(n_tokens, 1, [&](int, int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; t++) quantize_row(act_type, x + t * W.n_in, act + t * act_row, W.n_in);
-    });
+    const bool reuse = same_input && act.src == x && act.type == act_type && act.n_in == W.n_in && act.n_tokens == n_tokens;
+    if (!reuse) {
+        // Convert the activations once; every weight row reuses them.
+        if (act.data.size() < act_row * (size_t)n_tokens) act.data.resize(act_row * (size_t)n_tokens);
+        uint8_t* dst = act.data.data();
+        pool.parallel_for(n_tokens, 1, [&](int, int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; t++) quantize_row(act_type, x + t * W.n_in, dst + t * act_row, W.n_in);
+        });
+        act.src = x;
+        act.type = act_type;
+        act.n_in = W.n_in;
+        act.n_tokens = n_tokens;
+    }
+    const uint8_t* a = act.data.data();
+    const GemmFn gemm = gemm_fn(W.type);
+    const VecDotFn dot = vec_dot_fn(W.type);
     const int64_t n_out = W.n_out;
+    // Each thread takes a range of rows (whole 4-row tiles) and runs it against the
+    // tokens 64 at a time, so the activations it reuses stay in cache.
+    const int TOKEN_BLOCK = 64;
     pool.parallel_for(n_out, 16, [&](int, int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; r++) {
-            const uint8_t* wr = W.row(r);
-            for (int t = 0; t < n_tokens; t++) y[(int64_t)t * n_out + r] = vec_dot(W.type, W.n_in, wr, act + t * act_row);
+        for (int t0 = 0; t0 < n_tokens; t0 += TOKEN_BLOCK) {
+            const int nt = std::min(TOKEN_BLOCK, n_tokens - t0);
+            const uint8_t* at = a + (size_t)t0 * act_row;
+            float* yt = y + (int64_t)t0 * n_out;
+            if (gemm) {
+                gemm(W.n_in, W.row(b), W.row_bytes, (int)(e - b), at, act_row, nt, yt + b, (size_t)n_out);
+                continue;
+            }
+            for (int64_t r = b; r < e; r++) {
+                const uint8_t* wr = W.row(r);
+                for (int t = 0; t < nt; t++) yt[(int64_t)t * n_out + r] = dot(W.n_in, wr, at + t * act_row);
+            }
         }
     });
 }

@@ -7,7 +7,8 @@
 // [-127, 127] (our quantizers never produce -128), and |weight quant| <= 128, so a pair
 // sums to at most 2 * 128 * 127 = 32512.
 //
-// Q8_1 and Q8_K weights use the scalar kernels.
+// Q8_1 and Q8_K weights use the scalar kernels. Q4_1, Q5_0, Q8_0 and F16 also have
+// tiled kernels (several rows times several tokens) for matrix products.
 #include "quant/quant-impl.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -102,54 +103,10 @@ static inline __m128 dm_products(const uint16_t* wdm, const uint16_t* ads) {
     return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(int(w))), _mm_cvtph_ps(_mm_cvtsi32_si128(int(a))));
 }
 
-static float dot_q4_1_q8_1(int64_t n, const void* vw, const void* va) {
-    const block_q4_1* x = static_cast<const block_q4_1*>(vw);
-    const block_q8_1* y = static_cast<const block_q8_1*>(va);
-    const int64_t nb = n / QK8_1;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();   // lane 1 collects m * s
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m128 p0 = dm_products(&x[i].d, &y[i].d);
-        const __m128 p1 = dm_products(&x[i + 1].d, &y[i + 1].d);
-        const __m256i s0 = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i].qs), load256(y[i].qs)));
-        const __m256i s1 = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i + 1].qs), load256(y[i + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p0), _mm256_cvtepi32_ps(s0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p1), _mm256_cvtepi32_ps(s1), acc1);
-        acc_m = _mm_add_ps(acc_m, _mm_add_ps(p0, p1));
-    }
-    for (; i < nb; i++) {
-        const __m128 p = dm_products(&x[i].d, &y[i].d);
-        const __m256i s = pairs16_to_32(_mm256_maddubs_epi16(unpack_nibbles_32(x[i].qs), load256(y[i].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc0);
-        acc_m = _mm_add_ps(acc_m, p);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
-}
-
 // Q5_0 quants as signed bytes q - 16: a clear 5th bit sets the top nibble (0xF0 | q = q - 16).
 static inline __m256i q5_0_quants(const block_q5_0* b) {
     const __m256i hi = _mm256_andnot_si256(bits_to_bytes_32(b->qh), _mm256_set1_epi8(int8_t(0xF0)));
     return _mm256_or_si256(unpack_nibbles_32(b->qs), hi);
-}
-
-static float dot_q5_0_q8_0(int64_t n, const void* vw, const void* va) {
-    const block_q5_0* x = static_cast<const block_q5_0*>(vw);
-    const block_q8_0* y = static_cast<const block_q8_0*>(va);
-    const int64_t nb = n / QK8_0;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m256i s0 = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i]), load256(y[i].qs)));
-        const __m256i s1 = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i + 1]), load256(y[i + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(s1), acc1);
-    }
-    for (; i < nb; i++) {
-        const __m256i s = pairs16_to_32(mul_i8_pairs16(q5_0_quants(&x[i]), load256(y[i].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
@@ -167,25 +124,6 @@ static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
         acc_m = _mm_add_ps(acc_m, p);
     }
     return hsum_ps(acc) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
-}
-
-static float dot_q8_0_q8_0(int64_t n, const void* vw, const void* va) {
-    const block_q8_0* x = static_cast<const block_q8_0*>(vw);
-    const block_q8_0* y = static_cast<const block_q8_0*>(va);
-    const int64_t nb = n / QK8_0;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m256i s0 = pairs16_to_32(mul_i8_pairs16(load256(x[i].qs), load256(y[i].qs)));
-        const __m256i s1 = pairs16_to_32(mul_i8_pairs16(load256(x[i + 1].qs), load256(y[i + 1].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)), _mm256_cvtepi32_ps(s1), acc1);
-    }
-    for (; i < nb; i++) {
-        const __m256i s = pairs16_to_32(mul_i8_pairs16(load256(x[i].qs), load256(y[i].qs)));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 // ---- K-quants (256-element super-blocks against Q8_K) ---------------------------------
@@ -443,20 +381,314 @@ static float dot_bf16(int64_t n, const void* vw, const void* va) {
     return sum;
 }
 
+// ---- tiled products: R weight rows x C tokens share each block's loads ------------------
+//
+// Every output keeps two float accumulator vectors (even and odd blocks, the order of
+// the plain dot products before tiling) plus, for Q4_1, the minimum term, updated block
+// by block in the same order, so a 2x2 tile, a 2x1 tile and the single dot product (a
+// 1x1 tile) give identical bits for the same pair.
+
+using TileFn = void (*)(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys);
+
+constexpr int TILE_R = 2;   // weight rows per tile (2 x 2 x 2 accumulators fit the 16 registers)
+constexpr int TILE_C = 2;   // tokens per tile
+
+// Calls tiles[r-1][c-1] over the nr x nt output, TILE_R x TILE_C at a time.
+static void gemm_drive(const TileFn (&tiles)[TILE_R][TILE_C], int64_t nb, const void* w, size_t ws, int nr,
+                       const void* a, size_t as, int nt, float* y, size_t ys) {
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    const uint8_t* ab = static_cast<const uint8_t*>(a);
+    for (int r = 0; r < nr; r += TILE_R) {
+        const int rr = nr - r < TILE_R ? nr - r : TILE_R;
+        for (int t = 0; t < nt; t += TILE_C) {
+            const int cc = nt - t < TILE_C ? nt - t : TILE_C;
+            tiles[rr - 1][cc - 1](nb, wb + r * ws, ws, ab + t * as, as, y + t * ys + r, ys);
+        }
+    }
+}
+
+#define FFNSKIP_TILE_TABLE(name)                                             \
+    static const TileFn name##_tiles[TILE_R][TILE_C] = {                     \
+        {name<1, 1>, name<1, 2>}, {name<2, 1>, name<2, 2>}};                 \
+    static void name##_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, \
+                            float* y, size_t ys) {                                                        \
+        gemm_drive(name##_tiles, n / 32, w, ws, nr, a, as, nt, y, ys);                                    \
+    }                                                                                                     \
+    static float name##_dot(int64_t n, const void* w, const void* a) {                                   \
+        float y;                                                                                          \
+        name<1, 1>(n / 32, static_cast<const uint8_t*>(w), 0, static_cast<const uint8_t*>(a), 0, &y, 0);  \
+        return y;                                                                                         \
+    }
+
+template <int R, int C>
+static void tile_q4_1(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
+    __m128 acc_m[R][C];              // lane 1: the minimum term
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = _mm_setzero_ps();
+        }
+    const __m256i ones = _mm256_set1_epi16(1);
+    // One block of every row and token; p receives [dw * da, mw * sa] per pair.
+    auto block = [&](int64_t i, __m256 (&acc)[R][C], __m128 (&p)[R][C]) {
+        __m256i q[R];
+        const block_q4_1* x[R];
+        for (int r = 0; r < R; r++) {
+            x[r] = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+            q[r] = unpack_nibbles_32(x[r]->qs);
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_1* b = reinterpret_cast<const block_q8_1*>(a + c * as) + i;
+            const __m256i qa = load256(b->qs);
+            for (int r = 0; r < R; r++) {
+                p[r][c] = dm_products(&x[r]->d, &b->d);
+                const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p[r][c]), _mm256_cvtepi32_ps(s), acc[r][c]);
+            }
+        }
+    };
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        __m128 p0[R][C], p1[R][C];
+        block(i, acc0, p0);
+        block(i + 1, acc1, p1);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], _mm_add_ps(p0[r][c], p1[r][c]));
+    }
+    if (i < nb) {
+        __m128 p0[R][C];
+        block(i, acc0, p0);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], p0[r][c]);
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            const __m128 m = acc_m[r][c];
+            y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+        }
+}
+FFNSKIP_TILE_TABLE(tile_q4_1)
+
+// Signed weights (Q8_0, Q5_0) against Q8_0 activations: |w| * (a * sign(w)). `quants`
+// gives block i of row r as signed bytes and its fp16 scale.
+template <int R, int C, typename Quants>
+static inline void tile_signed(int64_t nb, Quants quants, const uint8_t* a, size_t as, float* y, size_t ys) {
+    __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    auto block = [&](int64_t i, __m256 (&acc)[R][C]) {
+        __m256i q[R];
+        float dw[R];
+        for (int r = 0; r < R; r++) q[r] = quants(r, i, &dw[r]);
+        for (int c = 0; c < C; c++) {
+            const block_q8_0* b = reinterpret_cast<const block_q8_0*>(a + c * as) + i;
+            const __m256i qa = load256(b->qs);
+            const float da = h2f(b->d);
+            for (int r = 0; r < R; r++) {
+                const __m256i s = _mm256_madd_epi16(mul_i8_pairs16(q[r], qa), ones);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), _mm256_cvtepi32_ps(s), acc[r][c]);
+            }
+        }
+    };
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        block(i, acc0);
+        block(i + 1, acc1);
+    }
+    if (i < nb) block(i, acc0);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c]));
+}
+
+template <int R, int C>
+static void tile_q8_0(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    tile_signed<R, C>(nb, [&](int r, int64_t i, float* d) {
+        const block_q8_0* x = reinterpret_cast<const block_q8_0*>(w + r * ws) + i;
+        *d = h2f(x->d);
+        return load256(x->qs);
+    }, a, as, y, ys);
+}
+FFNSKIP_TILE_TABLE(tile_q8_0)
+
+template <int R, int C>
+static void tile_q5_0(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    tile_signed<R, C>(nb, [&](int r, int64_t i, float* d) {
+        const block_q5_0* x = reinterpret_cast<const block_q5_0*>(w + r * ws) + i;
+        *d = h2f(x->d);
+        return q5_0_quants(x);
+    }, a, as, y, ys);
+}
+FFNSKIP_TILE_TABLE(tile_q5_0)
+
+// ---- K-quant tiles (256-element super-blocks; same arithmetic as the dot products above) --
+
+// A single token keeps the plain dot product (`dot`), which computes the same bits.
+#define FFNSKIP_TILE_TABLE_K(name, dot)                                      \
+    static const TileFn name##_tiles[TILE_R][TILE_C] = {                     \
+        {name<1, 1>, name<1, 2>}, {name<2, 1>, name<2, 2>}};                 \
+    static void name##_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, \
+                            float* y, size_t ys) {                                                        \
+        if (nt == 1) {                                                                                    \
+            for (int r = 0; r < nr; r++) y[r] = dot(n, static_cast<const uint8_t*>(w) + r * ws, a);       \
+            return;                                                                                       \
+        }                                                                                                 \
+        gemm_drive(name##_tiles, n / QK_K, w, ws, nr, a, as, nt, y, ys);                                  \
+    }
+
+template <int R, int C>
+static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[R][C];
+    float acc_m[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = 0.0f;
+        }
+    for (int64_t i = 0; i < nb; i++) {
+        const block_q4_K* x[R];
+        uint8_t sc[R][8], mn[R][8];
+        for (int r = 0; r < R; r++) {
+            x[r] = reinterpret_cast<const block_q4_K*>(w + r * ws) + i;
+            k4_scales(x[r]->scales, sc[r], mn[r]);
+        }
+        __m256i sumi[R][C];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) sumi[r][c] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            __m256i lo[R], hi[R];
+            for (int r = 0; r < R; r++) {
+                const __m256i qv = load256(x[r]->qs + 32 * k);
+                lo[r] = _mm256_and_si256(qv, m4);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            }
+            for (int c = 0; c < C; c++) {
+                const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+                const __m256i ya = load256(b->qs + 64 * k), yb = load256(b->qs + 64 * k + 32);
+                for (int r = 0; r < R; r++) {
+                    const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], ya), _mm256_set1_epi16(sc[r][2 * k]));
+                    const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], yb), _mm256_set1_epi16(sc[r][2 * k + 1]));
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_add_epi32(p0, p1));
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++) {
+                acc_m[r][c] += b->d * h2f(x[r]->dmin) * float(k4_mins_dot(b->bsums, mn[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * h2f(x[r]->d)), _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]) - acc_m[r][c];
+}
+FFNSKIP_TILE_TABLE_K(tile_q4_K, dot_q4_K_q8_K)
+
+template <int R, int C>
+static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x03);
+    __m256 acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const block_q6_K* x[R];
+        for (int r = 0; r < R; r++) x[r] = reinterpret_cast<const block_q6_K*>(w + r * ws) + i;
+        __m256i sumi[R][C];
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++) {
+                // quants are stored as q + 32: start from -32 * sum_j sc[j] * bsums[j]
+                const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[r]->scales)));
+                sumi[r][c] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(b->bsums)), 5));
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                __m256i q[R];
+                for (int r = 0; r < R; r++) {
+                    const __m256i lowbits = load256(x[r]->ql + 64 * h + 32 * (k & 1));
+                    const __m256i low = k < 2 ? _mm256_and_si256(lowbits, m4) : _mm256_and_si256(_mm256_srli_epi16(lowbits, 4), m4);
+                    const __m256i qh = _mm256_and_si256(_mm256_srli_epi16(load256(x[r]->qh + 32 * h), 2 * k), m2);
+                    q[r] = _mm256_or_si256(low, _mm256_slli_epi16(qh, 4));
+                }
+                for (int c = 0; c < C; c++) {
+                    const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+                    const __m256i q8 = load256(b->qs + 128 * h + 32 * k);
+                    for (int r = 0; r < R; r++) {
+                        const int8_t* s = x[r]->scales + 8 * h + 2 * k;
+                        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], q8), scale_pair16(s[0], s[1]));
+                        sumi[r][c] = _mm256_add_epi32(sumi[r][c], p);
+                    }
+                }
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + c * as) + i;
+            for (int r = 0; r < R; r++)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * h2f(x[r]->d)), _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+}
+FFNSKIP_TILE_TABLE_K(tile_q6_K, dot_q6_K_q8_K)
+
+// F16 weights and activations, 32 elements a step (one "block" = 32 halves).
+template <int R, int C>
+static void tile_f16(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+    __m256 acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb * 4; i++) {
+        __m256 wv[R];
+        for (int r = 0; r < R; r++) wv[r] = load_f16x8(reinterpret_cast<const uint16_t*>(w + r * ws) + 8 * i);
+        for (int c = 0; c < C; c++) {
+            const __m256 av = load_f16x8(reinterpret_cast<const uint16_t*>(a + c * as) + 8 * i);
+            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], av, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+}
+FFNSKIP_TILE_TABLE(tile_f16)
+
+// F16 rows whose length is not a multiple of 32 keep the plain loop.
+static float dot_f16_any(int64_t n, const void* vw, const void* va) {
+    if (n % 32 == 0) return tile_f16_dot(n, vw, va);
+    return dot_f16(n, vw, va);
+}
+static void gemm_f16_any(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
+                         size_t ys) {
+    if (n % 32 == 0) return tile_f16_gemm(n, w, ws, nr, a, as, nt, y, ys);
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++)
+            y[t * ys + r] = dot_f16(n, static_cast<const uint8_t*>(w) + r * ws, static_cast<const uint8_t*>(a) + t * as);
+}
+
 bool quant_avx2_kernels(QuantKernels* k) {
     k->vec_dot[int(GgmlType::F32)] = dot_f32;
-    k->vec_dot[int(GgmlType::F16)] = dot_f16;
+    k->vec_dot[int(GgmlType::F16)] = dot_f16_any;
+    k->gemm[int(GgmlType::F16)] = gemm_f16_any;
     k->vec_dot[int(GgmlType::BF16)] = dot_bf16;
     k->vec_dot[int(GgmlType::Q4_0)] = dot_q4_0_q8_0;
-    k->vec_dot[int(GgmlType::Q4_1)] = dot_q4_1_q8_1;
-    k->vec_dot[int(GgmlType::Q5_0)] = dot_q5_0_q8_0;
+    k->vec_dot[int(GgmlType::Q4_1)] = tile_q4_1_dot;
+    k->gemm[int(GgmlType::Q4_1)] = tile_q4_1_gemm;
+    k->vec_dot[int(GgmlType::Q5_0)] = tile_q5_0_dot;
+    k->gemm[int(GgmlType::Q5_0)] = tile_q5_0_gemm;
     k->vec_dot[int(GgmlType::Q5_1)] = dot_q5_1_q8_1;
-    k->vec_dot[int(GgmlType::Q8_0)] = dot_q8_0_q8_0;
+    k->vec_dot[int(GgmlType::Q8_0)] = tile_q8_0_dot;
+    k->gemm[int(GgmlType::Q8_0)] = tile_q8_0_gemm;
     k->vec_dot[int(GgmlType::Q2_K)] = dot_q2_K_q8_K;
     k->vec_dot[int(GgmlType::Q3_K)] = dot_q3_K_q8_K;
     k->vec_dot[int(GgmlType::Q4_K)] = dot_q4_K_q8_K;
+    k->gemm[int(GgmlType::Q4_K)] = tile_q4_K_gemm;   // matrices only: vec_dot keeps the plain kernel
     k->vec_dot[int(GgmlType::Q5_K)] = dot_q5_K_q8_K;
     k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
+    k->gemm[int(GgmlType::Q6_K)] = tile_q6_K_gemm;
     return true;
 }
 

@@ -169,6 +169,7 @@ constexpr int TYPE_TABLE_SIZE = 31;
 // Kernels of one implementation (scalar or SIMD); null entries fall back to scalar.
 struct QuantKernels {
     VecDotFn vec_dot[TYPE_TABLE_SIZE];
+    GemmFn gemm[TYPE_TABLE_SIZE];   // null: no tiled kernel, matmul loops over vec_dot
 };
 
 // Fills every vec_dot entry with the scalar reference.

@@ -557,7 +557,10 @@ static float dot_bf16(int64_t n, const void* vw, const void* va) {
 }
 
 void quant_ref_kernels(QuantKernels* k) {
-    for (int i = 0; i < TYPE_TABLE_SIZE; i++) k->vec_dot[i] = nullptr;
+    for (int i = 0; i < TYPE_TABLE_SIZE; i++) {
+        k->vec_dot[i] = nullptr;
+        k->gemm[i] = nullptr;
+    }
     k->vec_dot[int(GgmlType::F32)] = dot_f32;
     k->vec_dot[int(GgmlType::F16)] = dot_f16;
     k->vec_dot[int(GgmlType::BF16)] = dot_bf16;

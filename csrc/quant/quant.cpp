@@ -172,6 +172,12 @@ VecDotFn vec_dot_fn(GgmlType wtype) {
     return pick(g_force_scalar.load(std::memory_order_relaxed) ? d.ref : d.best, wtype);
 }
 
+GemmFn gemm_fn(GgmlType wtype) {
+    const uint32_t i = uint32_t(wtype);
+    if (i >= uint32_t(TYPE_TABLE_SIZE) || g_force_scalar.load(std::memory_order_relaxed)) return nullptr;
+    return dispatch().best.gemm[i];
+}
+
 // These two check n; the kernels from vec_dot_fn trust their caller.
 float vec_dot(GgmlType wtype, int64_t n, const void* w, const void* a) {
     row_size(wtype, n);

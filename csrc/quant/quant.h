@@ -53,6 +53,17 @@ using VecDotFn = float (*)(int64_t n, const void* w, const void* a);
 // the call), so matvec loops can hoist the type switch out of the row loop.
 VecDotFn vec_dot_fn(GgmlType wtype);
 
+// A tiled matrix product: weight rows [0, nr) times activation rows [0, nt) (converted
+// to the vec_dot type), y[t * y_stride + r] = dot(row r, activation t). Each output has
+// exactly the bits vec_dot gives for that pair, whatever nr and nt are, so a batch of
+// tokens computes the same numbers as one token at a time. Weight rows are w_stride
+// bytes apart, activation rows a_stride bytes.
+using GemmFn = void (*)(int64_t n, const void* w, size_t w_stride, int nr, const void* a, size_t a_stride, int nt,
+                        float* y, size_t y_stride);
+// The tiled kernel for `wtype` right now, or null where there is none (loop over
+// vec_dot_fn then). Honours set_force_scalar like vec_dot_fn.
+GemmFn gemm_fn(GgmlType wtype);
+
 // The SIMD level picked at run time: "avx512", "avx2" or "scalar".
 const char* simd_level();
 // Forces the scalar path (tests compare paths); returns the previous setting.
