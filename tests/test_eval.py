@@ -255,9 +255,10 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
 
     # the QA prediction of the full model is the documented prompt's greedy answer
     q = data.load_freshqa(data.data_file(data_dir, "freshqa"))[0]
-    c = s.generate(qa.prompt_for(q["question"]), max_tokens=8, temperature=0, stop=["\n"])
-    assert r["qa"]["full"]["predictions"] == [c.text.split("\n")[0].strip()]
-    assert r["qa"]["full"]["exact_match"] == float(metrics.exact_match(c.text.strip(), q["answers"]))
+    c = s.generate(qa.prompt_for(q["question"]), max_tokens=8, temperature=0)
+    first_line = [line for line in c.text.split("\n") if line.strip()][0].strip()
+    assert r["qa"]["full"]["predictions"] == [first_line]
+    assert r["qa"]["full"]["exact_match"] == float(metrics.exact_match(first_line, q["answers"]))
 
     col = r["collapse"]["full"]
     assert 0 < col["distinct_1"] <= 1 and 0 <= col["repeated_4gram_rate"] < 1
@@ -285,3 +286,12 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
         rewrite_reports(out / "results.json")
         assert (out / "plots" / "ppl.png").is_file()
     assert markdown_table(saved) == table
+
+    # --update: run one task again on the same cells, keep the others
+    before = saved["results"]["ppl"]
+    again = run_sweep(smollm2_q4_1, data_dir, out, tasks=["collapse"], policies=["random"], ratios=[0.1], limit=1,
+                      threads=2, settings=Settings(collapse_tokens=20, n_ctx=512), update=True, plots=False,
+                      progress=False, command="second")
+    assert [c["key"] for c in again["cells"]] == keys
+    assert again["results"]["ppl"] == before and again["results"]["collapse"]["full"]["tokens"] == 20
+    assert [run["command"] for run in again["runs"]][-1] == "second" and len(again["runs"]) == 2

@@ -227,12 +227,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                ("--threads", args.threads)]
     command = " ".join(["ffnskip eval", shlex.quote(os.path.basename(model))] +
                        [f"{k} {shlex.quote(str(v))}" for k, v in options if v is not None] +
-                       [flag for flag, on in (("--check-zero", args.check_zero), ("--no-plots", args.no_plots)) if on])
+                       [flag for flag, on in (("--check-zero", args.check_zero), ("--update", args.update),
+                                        ("--no-plots", args.no_plots)) if on])
     try:
         results = run_sweep(model, args.data_dir, args.out, tasks=tasks, policies=policies,
                             ratios=_ratio_list(args.ratios, "--ratios"), limit=args.limit, threads=args.threads,
                             settings=settings, budgets=_ratio_list(args.budgets, "--budgets"),
-                            profile=args.profile, check_zero=args.check_zero, plots=not args.no_plots,
+                            profile=args.profile, check_zero=args.check_zero, update=args.update, plots=not args.no_plots,
                             progress=not args.quiet, command=command)
     except ImportError as e:   # a missing optional package: the message names the extra
         print(f"ffnskip: error: {e}", file=sys.stderr)
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "they evaluate each long article again per cell")
     e.add_argument("--check-zero", action="store_true",
                    help="also run each policy at ratio 0 instead of taking the full model's results")
+    e.add_argument("--update", action="store_true",
+                   help="OUT already holds results: run only --tasks again on its cells and keep the rest")
     e.add_argument("--no-plots", action="store_true", help="no PNG plots (no matplotlib needed)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     e.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")

@@ -50,8 +50,8 @@ class Settings:
     agreement_prompts: int = 3
     agreement_prompt_tokens: int = 32
     agreement_tokens: int = 32
-    qa_questions: int = 12
-    qa_max_tokens: int = 12
+    qa_questions: int = 30
+    qa_max_tokens: int = 10
     summarize_per_bucket: int = 1
     summarize_tokens: int = 48
     summarize_max_article_tokens: int = 1600

@@ -6,8 +6,8 @@ Prompt format (plain text, no chat template, no examples)::
     Question: {question}
     Answer:
 
-The answer is generated greedily up to ``qa_max_tokens`` tokens or the first line
-break; the text before the line break, stripped, is the prediction.
+The answer is generated greedily (``qa_max_tokens`` tokens); its first non-empty line,
+stripped, is the prediction (the model often starts with a line break).
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def prompt_for(question: str) -> str:
     return PROMPT.format(question=question)
 
 
+def prediction(text: str) -> str:
+    """The first non-empty line of a generated answer, stripped."""
+    return next((line.strip() for line in text.split("\n") if line.strip()), "")
+
+
 def run(session: Any, cells: Sequence[Cell], questions: Sequence[dict[str, Any]], settings: Settings,
         progress: Progress | None = None) -> dict[str, dict[str, Any]]:
     n = settings.qa_max_tokens
@@ -31,8 +36,8 @@ def run(session: Any, cells: Sequence[Cell], questions: Sequence[dict[str, Any]]
     for q in questions:
         prompt = prompt_for(q["question"])
         for cell in cells:
-            c = session.generate(prompt, max_tokens=n, temperature=0, stop=["\n"], skip=cell.spec(n))
-            preds[cell.key].append(c.text.split("\n")[0].strip())
+            c = session.generate(prompt, max_tokens=n, temperature=0, skip=cell.spec(n))
+            preds[cell.key].append(prediction(c.text))
             accs[cell.key].add(c.stats)
             if progress:
                 progress.step(f"qa {cell.key}")

@@ -94,6 +94,7 @@ def run_sweep(
     budgets: Sequence[float] = (0.1,),
     profile: str | os.PathLike[str] | None = None,
     check_zero: bool = False,
+    update: bool = False,
     plots: bool = True,
     progress: bool = True,
     command: str | None = None,
@@ -105,6 +106,9 @@ def run_sweep(
     on the package's built-in text sample (never the evaluation text): one
     ``calibrate(max_ppl_increase=b)`` per budget, or ``profile`` (a saved calibration
     profile) for the ranking alone.
+
+    ``update``: when ``out`` already holds results, run only ``tasks`` again on its
+    cells (same skip settings, no new calibration) and keep its other tasks' results.
     """
     from ..calibrate import calibrate, sample_text
     from ..session import Session
@@ -132,6 +136,13 @@ def run_sweep(
         texts["mtbench"] = mtbench.select(data.load_mtbench(data.data_file(data_dir, "mtbench")),
                                           settings.mtbench_questions)
 
+    previous = None
+    if update and (out / "results.json").is_file():
+        with open(out / "results.json", encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous.get("format") != RESULT_FORMAT:
+            raise ValueError(f"{out / 'results.json'}: not an ffnskip eval result file")
+
     session = Session(model, n_ctx=settings.n_ctx, n_threads=threads, n_threads_batch=threads)
     n_layer = int(session.model.hparams.n_layer)
     model_path = pathlib.Path(session.model.path)
@@ -141,8 +152,8 @@ def run_sweep(
     ranking = None
     calibration: dict[str, Any] = {}
     budget_profiles = []
-    needs_rank = any(p in ("shortgpt", "cheapest") for p in policies)
-    if "budget" in policies:
+    needs_rank = previous is None and any(p in ("shortgpt", "cheapest") for p in policies)
+    if "budget" in policies and previous is None:
         for b in budgets:
             if progress:
                 print(f"ffnskip eval: calibrating with a {100 * b:g}% perplexity budget on the built-in text sample",
@@ -171,8 +182,12 @@ def run_sweep(
         calibration["ranking_source"] = str(profile) if profile is not None and not budget_profiles else \
             "single-FFN ablation costs on the built-in text sample (calibrate)"
 
-    cells = make_cells(policies, ratios, n_layer=n_layer, warmup=settings.warmup, ranking=ranking,
-                       budget_profiles=budget_profiles, check_zero=check_zero)
+    if previous is not None:
+        cells = [Cell(c["name"], c["ratio"], c["config"], label=c["key"]) for c in previous["cells"]]
+        calibration = previous.get("calibration", {})
+    else:
+        cells = make_cells(policies, ratios, n_layer=n_layer, warmup=settings.warmup, ranking=ranking,
+                           budget_profiles=budget_profiles, check_zero=check_zero)
 
     # prepared inputs (tokenized once)
     inputs: dict[str, Any] = {}
@@ -213,9 +228,21 @@ def run_sweep(
         "results": {},
         "summary": {},
     }
+    run_record = {"command": command, "tasks": list(tasks), "settings": results["settings"], "limit": limit}
+    if previous is not None:
+        kept = {t: r for t, r in previous["results"].items() if t not in tasks}
+        results.update({k: previous[k] for k in ("policies", "ratios", "threads") if k in previous})
+        results["tasks"] = [t for t in TASKS if t in kept or t in tasks]
+        results["runs"] = previous.get("runs", [{k: previous.get(k) for k in ("command", "tasks", "settings", "limit")}])
+        results["results"] = kept
+        results["task_seconds"] = dict(previous.get("task_seconds", {}))
+        results["summary"] = _summary(cells, kept)
+    else:
+        results["runs"] = []
+    results["runs"].append(run_record)
     out.mkdir(parents=True, exist_ok=True)
     bar = Progress(sum(units(t) for t in tasks), enabled=progress)
-    task_seconds: dict[str, float] = {}
+    task_seconds: dict[str, float] = results.get("task_seconds", {})
     try:
         for task in tasks:
             t1 = time.perf_counter()
@@ -352,8 +379,11 @@ def markdown_table(results: dict[str, Any]) -> str:
     tasks = results["tasks"]
     cols = [c for c in COLUMNS if c[1] in tasks]
     lines = [f"# ffnskip eval: {results['model']['name']}", ""]
-    if results.get("command"):
-        lines += ["Command:", "", "```", results["command"], "```", ""]
+    commands = [r["command"] for r in results.get("runs", []) if r.get("command")] or \
+        ([results["command"]] if results.get("command") else [])
+    if commands:
+        lines += ["Made by" + (" (the later commands re-ran the tasks they name):" if len(commands) > 1 else ":"),
+                  "", "```", *commands, "```", ""]
     lines += ["`skip %` is the achieved share of FFN blocks skipped over every decode step of every task "
               "(measured, not requested); `tok/s` is the decode speed over the generating tasks.", ""]
     head = ["policy", "requested %", "skip %", "tok/s"] + [c[0] for c in cols]
