@@ -218,6 +218,9 @@ def test_cli_eval_rejects_bad_ratios(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ffnskip", "eval", "m.gguf", "--ratios", "0,250", "--no-plots"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "outside [0, 1]" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ffnskip", "eval", "m.gguf", "--set", "qa_question=3", "--no-plots"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "qa_questions" in r.stderr
 
 
 # ---- end to end on SmolLM2 --------------------------------------------------------------

@@ -217,13 +217,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     settings = Settings(warmup=args.warmup)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in vars(settings) or key == "summarize_pruning_ratios":
+            fields = ", ".join(k for k in vars(settings) if k != "summarize_pruning_ratios")
+            raise ValueError(f"--set wants KEY=VALUE with KEY one of {fields}; got {item!r}")
+        try:
+            setattr(settings, key, int(value))
+        except ValueError:
+            raise ValueError(f"--set {key}: {value!r} is not an integer") from None
     if args.summarize_pruning_ratios:
         settings.summarize_pruning_ratios = tuple(_ratio_list(args.summarize_pruning_ratios,
                                                               "--summarize-pruning-ratios"))
     options = [("--tasks", args.tasks), ("--policies", args.policies), ("--ratios", args.ratios),
                ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile),
                ("--data-dir", args.data_dir), ("--out", args.out), ("--limit", args.limit),
-               ("--warmup", args.warmup), ("--summarize-pruning-ratios", args.summarize_pruning_ratios),
+               ("--warmup", args.warmup), *(("--set", x) for x in args.set or []), ("--summarize-pruning-ratios", args.summarize_pruning_ratios),
                ("--threads", args.threads)]
     command = " ".join(["ffnskip eval", shlex.quote(os.path.basename(model))] +
                        [f"{k} {shlex.quote(str(v))}" for k, v in options if v is not None] +
@@ -328,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval-out", help="output folder (default eval-out)")
     e.add_argument("--limit", type=int, help="at most N items per task (N perplexity windows), for quick runs")
     e.add_argument("--warmup", type=int, default=8, help="generated tokens run in full before skipping (default 8)")
+    e.add_argument("--set", action="append", metavar="KEY=N",
+                   help="one task size, e.g. --set qa_questions=20 --set collapse_tokens=96 (repeatable; "
+                        "see ffnskip.eval.Settings)")
     e.add_argument("--summarize-pruning-ratios", metavar="R,...",
                    help="run summarization for prompt-pruning policies (shortgpt, cheapest) only at these ratios: "
                         "they evaluate each long article again per cell")
