@@ -230,12 +230,12 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
 
     tasks = ["ppl", "qa", "collapse"] + (["agreement", "summarize", "mtbench"] if HAVE_ROUGE else [])
     settings = Settings(ppl_window=96, agreement_tokens=24, qa_max_tokens=8, summarize_tokens=12,
-                        summarize_max_article_tokens=96, mtbench_tokens=12, collapse_tokens=40, n_ctx=512)
+                        summarize_max_article_tokens=96, mtbench_tokens=12, collapse_tokens=32, n_ctx=512)
     out = tmp_path / "out"
-    res = run_sweep(smollm2_q4_1, data_dir, out, tasks=tasks, policies=["random", "ffn_skip"], ratios=[0, 0.3],
+    res = run_sweep(smollm2_q4_1, data_dir, out, tasks=tasks, policies=["random"], ratios=[0, 0.3],
                     limit=1, threads=2, settings=settings, check_zero=True, plots=HAVE_MPL, progress=False)
     keys = [c["key"] for c in res["cells"]]
-    assert keys == ["full", "random@0", "random@0.3", "ffn_skip@0", "ffn_skip@0.3"]
+    assert keys == ["full", "random@0", "random@0.3"]
     r = res["results"]
 
     # perplexity of the full model = Session.score over the same windows
@@ -248,13 +248,12 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
     assert r["ppl"]["full"]["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-9)
     assert 5 < r["ppl"]["full"]["ppl"] < 60
     # ratio 0 of any policy is the full model; a positive ratio skips and costs perplexity
-    for key in ("random@0", "ffn_skip@0"):
+    for key in ("random@0",):
         assert r["ppl"][key]["ppl"] == r["ppl"]["full"]["ppl"]
         assert res["summary"][key]["skip_ratio"] == 0.0
     assert r["ppl"]["random@0.3"]["ppl"] > r["ppl"]["full"]["ppl"]
     # random drops FFNs with probability 0.3 / (5/6) on non-refresh steps: 0.3 after the warm-up
     assert r["ppl"]["random@0.3"]["skip"]["skip_ratio_after_warmup"] == pytest.approx(0.3, abs=0.05)
-    assert r["ppl"]["ffn_skip@0.3"]["skip"]["skip_ratio_after_warmup"] > 0.1
 
     # the QA prediction of the full model is the documented prompt's greedy answer
     q = data.load_freshqa(data.data_file(data_dir, "freshqa"))[0]
@@ -268,7 +267,7 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
     assert r["collapse"]["random@0"]["distinct_2"] == col["distinct_2"]
 
     if HAVE_ROUGE:
-        for key in ("full", "random@0", "ffn_skip@0"):
+        for key in ("full", "random@0"):
             a = r["agreement"][key]
             assert a["token_agreement"] == 1.0 and a["identical_prefix"] == 24 and a["rouge_l"] == 1.0
             assert r["summarize"][key]["rouge_l_full"] == 1.0

@@ -102,7 +102,7 @@ def plot_results(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> li
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{title}: {results['model']['name']}", fontsize=10)
+        fig.suptitle(f"{title}\n{results['model']['name']}", fontsize=9)
         fig.tight_layout()
         path_out = out_dir / name
         fig.savefig(path_out, dpi=110)
