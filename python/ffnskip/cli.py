@@ -229,8 +229,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.summarize_pruning_ratios:
         settings.summarize_pruning_ratios = tuple(_ratio_list(args.summarize_pruning_ratios,
                                                               "--summarize-pruning-ratios"))
-    options = [("--tasks", args.tasks), ("--policies", args.policies), ("--ratios", args.ratios),
-               ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile),
+    sweep_options = [] if args.update else [  # an update takes its cells from the saved results
+        ("--policies", args.policies), ("--ratios", args.ratios),
+        ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile)]
+    options = [("--tasks", args.tasks), *sweep_options,
                ("--data-dir", args.data_dir), ("--out", args.out), ("--limit", args.limit),
                ("--warmup", args.warmup), *(("--set", x) for x in args.set or []), ("--summarize-pruning-ratios", args.summarize_pruning_ratios),
                ("--threads", args.threads)]
