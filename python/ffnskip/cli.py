@@ -1,4 +1,4 @@
-"""Command line: `ffnskip generate`, `ffnskip info`."""
+"""Command line: `ffnskip generate`, `ffnskip info`, `ffnskip eval`, ..."""
 from __future__ import annotations
 
 import argparse
@@ -190,6 +190,70 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio_list(text: str, what: str) -> list[float]:
+    """"0,0.05,0.1" or "0,5%,10%" -> fractions."""
+    out = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item[:-1]) / 100.0 if item.endswith("%") else float(item)
+        except ValueError:
+            raise ValueError(f"{what}: {item!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{what}: {item} is outside [0, 1] (write 25% or 0.25)")
+        out.append(value)
+    return out
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import pathlib
+    import shlex
+
+    from .eval.common import Settings
+    from .eval.sweep import run_sweep
+
+    model = _model_path(args.model_pos or args.model)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    settings = Settings(warmup=args.warmup)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in vars(settings) or key == "summarize_pruning_ratios":
+            fields = ", ".join(k for k in vars(settings) if k != "summarize_pruning_ratios")
+            raise ValueError(f"--set wants KEY=VALUE with KEY one of {fields}; got {item!r}")
+        try:
+            setattr(settings, key, int(value))
+        except ValueError:
+            raise ValueError(f"--set {key}: {value!r} is not an integer") from None
+    if args.summarize_pruning_ratios:
+        settings.summarize_pruning_ratios = tuple(_ratio_list(args.summarize_pruning_ratios,
+                                                              "--summarize-pruning-ratios"))
+    sweep_options = [] if args.update else [  # an update takes its cells from the saved results
+        ("--policies", args.policies), ("--ratios", args.ratios),
+        ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile)]
+    options = [("--tasks", args.tasks), *sweep_options,
+               ("--data-dir", args.data_dir), ("--out", args.out), ("--limit", args.limit),
+               ("--warmup", args.warmup), *(("--set", x) for x in args.set or []), ("--summarize-pruning-ratios", args.summarize_pruning_ratios),
+               ("--threads", args.threads)]
+    command = " ".join(["ffnskip eval", shlex.quote(os.path.basename(model))] +
+                       [f"{k} {shlex.quote(str(v))}" for k, v in options if v is not None] +
+                       [flag for flag, on in (("--check-zero", args.check_zero), ("--update", args.update),
+                                        ("--no-plots", args.no_plots)) if on])
+    try:
+        results = run_sweep(model, args.data_dir, args.out, tasks=tasks, policies=policies,
+                            ratios=_ratio_list(args.ratios, "--ratios"), limit=args.limit, threads=args.threads,
+                            settings=settings, budgets=_ratio_list(args.budgets, "--budgets"),
+                            profile=args.profile, check_zero=args.check_zero, update=args.update, plots=not args.no_plots,
+                            progress=not args.quiet, command=command)
+    except ImportError as e:   # a missing optional package: the message names the extra
+        print(f"ffnskip: error: {e}", file=sys.stderr)
+        return 1
+    print((pathlib.Path(args.out) / "results.md").read_text(encoding="utf-8"))
+    print(f"results: {pathlib.Path(args.out) / 'results.json'} ({results['seconds']:.0f} s)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnskip", description="LLaMA-family GGUF inference with FFN skipping")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     c.add_argument("-c", "--ctx", type=int, default=512, help="context length (at least prompt + window + 1)")
     c.set_defaults(func=_cmd_calibrate)
+
+    e = sub.add_parser("eval", help="evaluate skip policies over a grid of ratios (needs the [eval] extra)")
+    e.add_argument("model_pos", nargs="?", metavar="MODEL")
+    _add_model_arg(e)
+    e.add_argument("--tasks", default="ppl,agreement,qa,summarize,mtbench,collapse",
+                   help="comma-separated: ppl, agreement, qa, summarize, mtbench, collapse (default: all)")
+    e.add_argument("--policies", default="ffn_skip,random,static,shortgpt,skipdecode",
+                   help="comma-separated: ffn_skip, random, static, shortgpt, skipdecode, and beyond the paper "
+                        "cheapest (the FFNs with the lowest single-ablation cost) and budget (quality-budget "
+                        "calibration); default: the paper's five")
+    e.add_argument("--ratios", default="0,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4",
+                   help="requested skip ratios, as fractions or percents (default 0 to 0.4 by 0.05)")
+    e.add_argument("--budgets", default="0.1", help="perplexity budgets of the budget policy (default 0.1 = +10%%)")
+    e.add_argument("--profile", help="a calibration profile whose ablation ranking shortgpt and cheapest use "
+                                     "(default: calibrate on the built-in text sample)")
+    e.add_argument("--data-dir", default="../shared/data", help="folder with wikitext-2/, mt-bench/, cnn-dailymail/, "
+                                                               "freshqa/ (default ../shared/data)")
+    e.add_argument("--out", default="eval-out", help="output folder (default eval-out)")
+    e.add_argument("--limit", type=int, help="at most N items per task (N perplexity windows), for quick runs")
+    e.add_argument("--warmup", type=int, default=8, help="generated tokens run in full before skipping (default 8)")
+    e.add_argument("--set", action="append", metavar="KEY=N",
+                   help="one task size, e.g. --set qa_questions=20 --set collapse_tokens=96 (repeatable; "
+                        "see ffnskip.eval.Settings)")
+    e.add_argument("--summarize-pruning-ratios", metavar="R,...",
+                   help="run summarization for prompt-pruning policies (shortgpt, cheapest) only at these ratios: "
+                        "they evaluate each long article again per cell")
+    e.add_argument("--check-zero", action="store_true",
+                   help="also run each policy at ratio 0 instead of taking the full model's results")
+    e.add_argument("--update", action="store_true",
+                   help="OUT already holds results: run only --tasks again on its cells and keep the rest")
+    e.add_argument("--no-plots", action="store_true", help="no PNG plots (no matplotlib needed)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    e.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
+    e.set_defaults(func=_cmd_eval)
     return parser
 
 
