@@ -163,6 +163,25 @@ def test_schedule_warmup_refresh_cold_and_budget(model_path):
     assert r.stats["skip_ratio_after_warmup"] == pytest.approx(after.sum() / after.size)
 
 
+def test_gate_restricted_to_listed_ffns(model_path):
+    """ffn_skip with `layers`: the gate leaves out the next max_skip listed FFNs after it
+    opens (cut at the cold end), never an unlisted one."""
+    allowed, max_skip, cold_start, cold_end = [3, 5, 6, N_LAYER - 1], 2, 1, 1
+    r = _generate(model_path, 24, policy="ffn_skip", threshold=-1.0, warmup=2, refresh_every=4, max_skip=max_skip,
+                  cold_start=cold_start, cold_end=cold_end, layers=allowed)
+    policy = SpecPolicy(N_LAYER, -1.0, cold_start, cold_end, 2, 4, max_skip)
+    expected = np.zeros(N_LAYER, np.uint8)
+    expected[[3, 5]] = 1   # the gate opens after layer 0; layer N_LAYER - 1 is cold
+    for g, row in enumerate(r.stats["skip_masks"]):
+        np.testing.assert_array_equal(row, expected if policy.may_skip(g) else 0 * expected, err_msg=f"step {g}")
+    # With a window that reaches the cold end first, fewer are left out.
+    r = _generate(model_path, 12, policy="ffn_skip", threshold=-1.0, warmup=0, refresh_every=0, max_skip=3,
+                  cold_start=5, cold_end=1, layers=[1, 2, 6, N_LAYER - 1])
+    expected = np.zeros(N_LAYER, np.uint8)
+    expected[6] = 1
+    assert all((row == expected).all() for row in r.stats["skip_masks"])
+
+
 def test_warmup_tokens_equal_full_model(model_path):
     full = _generate(model_path, 30, policy="full")
     warmup = 6

@@ -427,6 +427,9 @@ void CudaForward::write_step_plan(const SkipSchedule* skip) {
     }
     if (!skip) return;
     const SkipSchedule::StepPlan p = skip->step_plan();
+    if (p.gate_allowed)
+        throw Error("backend 'cuda': the ffn_skip gate restricted to a list of layers runs on the CPU backend only "
+                    "so far; use backend='cpu' or drop 'layers' from the ffn_skip settings");
     r.live = p.gate_live;
     r.first = p.gate_first;
     r.last = p.gate_last;

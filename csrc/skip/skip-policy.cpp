@@ -68,6 +68,10 @@ SkipSchedule::SkipSchedule(const SkipConfig& config, int32_t n_layer, int32_t n_
         for (int32_t l : c.layers) removed_layer_[l] = 1;
     if (c.policy == SkipPolicy::layers)
         for (int32_t l : c.layers) removed_ffn_[l] = 1;
+    gate_restricted_ = c.policy == SkipPolicy::ffn_skip && !c.layers.empty();
+    gate_allowed_.assign(n_layer, gate_restricted_ ? 0 : 1);
+    if (gate_restricted_)
+        for (int32_t l : c.layers) gate_allowed_[l] = 1;
 
     ffn_skip_.assign(n_layer, 0);
     layer_skip_.assign(n_layer, 0);
@@ -133,9 +137,14 @@ void SkipSchedule::after_ffn(int il, double cosine) {
     if (cfg_.policy != SkipPolicy::ffn_skip || !may_skip_ || budget_spent_) return;
     if (il < gate_first_ || il > gate_last_) return;
     if (cosine >= cfg_.threshold) {
-        // The FFNs of the next max_skip layers, cut at the cold end.
-        const int last = std::min(il + max_skip_, n_layer_ - cfg_.cold_end - 1);
-        for (int l = il + 1; l <= last; l++) ffn_skip_[l] = 1;
+        // The next max_skip FFNs the gate may leave out (all, unless a layer list
+        // narrows them), cut at the cold end.
+        const int stop = n_layer_ - cfg_.cold_end - 1;
+        for (int l = il + 1, left = max_skip_; l <= stop && left > 0; l++) {
+            if (!gate_allowed_[l]) continue;
+            ffn_skip_[l] = 1;
+            left--;
+        }
         budget_spent_ = true;
     }
 }
@@ -151,6 +160,7 @@ SkipSchedule::StepPlan SkipSchedule::step_plan() const {
     p.exit_layer = exit_layer_;
     p.ffn_skip = ffn_skip_.data();
     p.layer_skip = layer_skip_.data();
+    p.gate_allowed = gate_restricted_ ? gate_allowed_.data() : nullptr;
     return p;
 }
 

@@ -48,6 +48,8 @@ class SkipSchedule {
     // without asking per layer. The gate (ffn_skip only) looks after the FFN of layers
     // gate_first..gate_last; when cos >= threshold after layer il it leaves out the FFNs
     // of il+1 .. min(il + max_skip, gate_stop) and closes for the rest of the step.
+    // With gate_allowed (a layer list for ffn_skip) it leaves out the next max_skip
+    // allowed FFNs after il up to gate_stop instead.
     struct StepPlan {
         bool gate_live = false;           // ffn_skip policy and this step may skip
         int32_t gate_first = 0, gate_last = -1, gate_stop = -1;
@@ -56,6 +58,7 @@ class SkipSchedule {
         int32_t exit_layer = 0;           // as exit_layer()
         const uint8_t* ffn_skip = nullptr;    // (n_layer) FFNs left out before the gate looks
         const uint8_t* layer_skip = nullptr;  // (n_layer) whole layers left out
+        const uint8_t* gate_allowed = nullptr;  // (n_layer) FFNs the gate may leave out; null = all
     };
     StepPlan step_plan() const;
     // The step's outcome from the device, before end_step: the FFNs left out (1 = skipped,
@@ -72,6 +75,8 @@ class SkipSchedule {
     int32_t warmup_;
     int32_t max_skip_;
     int32_t gate_first_, gate_last_;      // layers after which the gate looks
+    std::vector<uint8_t> gate_allowed_;   // (n_layer) FFNs the gate may leave out (ffn_skip)
+    bool gate_restricted_ = false;        // a layer list narrowed gate_allowed_
     double drop_probability_ = 0;         // random policy
     std::vector<uint8_t> removed_layer_;  // (n_layer) shortgpt: for every token
     std::vector<uint8_t> removed_ffn_;    // (n_layer) layers policy: for every token

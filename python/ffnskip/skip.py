@@ -22,7 +22,8 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
     SkipConfig; keyword arguments override single fields.
 
     The defaults reproduce the FFN-SkipLLM authors' setting: threshold 0.95, 5 + 5
-    cold layers, warm-up n_ctx / 64 tokens, a full refresh every 6th token.
+    cold layers, warm-up n_ctx / 64 tokens, a full refresh every 6th token. For
+    ``ffn_skip``, ``layers`` (optional) lists the only FFNs the gate may leave out.
     """
     config = _core.SkipConfig()
     fields: dict[str, Any] = {}

@@ -129,7 +129,9 @@ struct SkipConfig {
     float target_ratio = 0.25f;  // wanted share of skipped FFNs over post-warm-up steps
     int32_t skipdecode_span = 256;  // skipdecode: steps over which the layer budget grows
     uint64_t seed = 0;           // random / static policies
-    std::vector<int32_t> layers; // layers / shortgpt policies
+    std::vector<int32_t> layers; // layers / shortgpt: the layers left out; ffn_skip: when not
+                                 // empty, the only FFNs the gate may leave out
+                                 // (e.g. those whose removal cost least in calibration)
     bool record_masks = false;   // keep the per-step skip mask in the stats
     bool record_cosines = false; // keep the per-step, per-layer cosines in the stats
 };
