@@ -210,6 +210,25 @@ def test_quantize_q8_1_matches_reference():
         np.testing.assert_array_equal(core._quantize("Q8_1", x), numpy_q8_1(x))
 
 
+@pytest.mark.parametrize("tname", ["Q8_0", "Q8_1"])
+def test_quantize_simd_matches_scalar(tname):
+    """The SIMD converters give the scalar reference's bytes, ties and tiny values included."""
+    rng = np.random.default_rng(6)
+    rows = activation_rows(rng, 2048)
+    near_ties = (rng.integers(-254, 255, 2048) / 2).astype(np.float32)
+    near_ties[::32] = 127.0
+    rows.append(np.nextafter(near_ties, np.float32(0)))   # just below each tie
+    rows.append(np.nextafter(near_ties, np.float32(1000)))
+    for x in rows:
+        fast = core._quantize(tname, x)
+        prev = core._set_force_scalar(True)
+        try:
+            slow = core._quantize(tname, x)
+        finally:
+            core._set_force_scalar(prev)
+        np.testing.assert_array_equal(fast, slow)
+
+
 def test_quantize_q8_K_matches_reference():
     rng = np.random.default_rng(5)
     for x in activation_rows(rng, 2048):

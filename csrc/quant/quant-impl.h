@@ -166,11 +166,19 @@ inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
 // Number of ggml type numbers a table indexed by type needs (BF16 = 30 is the largest we know).
 constexpr int TYPE_TABLE_SIZE = 31;
 
+// n floats (a multiple of the block size) to one activation format.
+using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
+
 // Kernels of one implementation (scalar or SIMD); null entries fall back to scalar.
 struct QuantKernels {
     VecDotFn vec_dot[TYPE_TABLE_SIZE];
     GemmFn gemm[TYPE_TABLE_SIZE];   // null: no tiled kernel, matmul loops over vec_dot
+    // Activation converters with exactly the reference's output; null: the reference.
+    QuantizeFn quantize[TYPE_TABLE_SIZE];
 };
+
+// The scalar quantize_row (quantize_row dispatches to SIMD converters where there are some).
+void quantize_row_reference(GgmlType type, const float* src, void* dst, int64_t n);
 
 // Fills every vec_dot entry with the scalar reference.
 void quant_ref_kernels(QuantKernels* k);

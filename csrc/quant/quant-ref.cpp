@@ -295,7 +295,7 @@ static void quantize_q8_K(const float* x, block_q8_K* y, int64_t nb) {
     }
 }
 
-void quantize_row(GgmlType type, const float* src, void* dst, int64_t n) {
+void quantize_row_reference(GgmlType type, const float* src, void* dst, int64_t n) {
     const TypeTraits& t = type_traits(type);
     row_size(type, n);
     const int64_t nb = n / t.block_size;
@@ -560,6 +560,7 @@ void quant_ref_kernels(QuantKernels* k) {
     for (int i = 0; i < TYPE_TABLE_SIZE; i++) {
         k->vec_dot[i] = nullptr;
         k->gemm[i] = nullptr;
+        k->quantize[i] = nullptr;
     }
     k->vec_dot[int(GgmlType::F32)] = dot_f32;
     k->vec_dot[int(GgmlType::F16)] = dot_f16;

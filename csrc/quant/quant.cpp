@@ -178,6 +178,15 @@ GemmFn gemm_fn(GgmlType wtype) {
     return dispatch().best.gemm[i];
 }
 
+void quantize_row(GgmlType type, const float* src, void* dst, int64_t n) {
+    const uint32_t i = uint32_t(type);
+    const QuantizeFn fn = i < uint32_t(TYPE_TABLE_SIZE) && !g_force_scalar.load(std::memory_order_relaxed)
+                              ? dispatch().best.quantize[i] : nullptr;
+    if (!fn) return quantize_row_reference(type, src, dst, n);
+    row_size(type, n);   // checks n
+    fn(src, dst, n);
+}
+
 // These two check n; the kernels from vec_dot_fn trust their caller.
 float vec_dot(GgmlType wtype, int64_t n, const void* w, const void* a) {
     row_size(wtype, n);
