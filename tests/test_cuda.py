@@ -169,6 +169,12 @@ def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
         np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
 
 
+def test_restricted_gate_is_refused_clearly(gpu, synthetic_model):
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    with pytest.raises(ffnskip.FfnskipError, match="CPU backend only"):
+        _generate(path, "cuda", policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=1, warmup=0, layers=[2, 3])
+
+
 def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
     """A threshold between the measured cosines: the gate opens on some steps only."""
     path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))

@@ -184,6 +184,12 @@ def test_cells_of_a_sweep():
     assert by["random@0.25"].config == {"policy": "random", "target_ratio": 0.25, "warmup": 8, "seed": 0}
     assert by["budget_ffn_skip@0.1"].config["threshold"] == 0.97 and by["budget_ffn_skip@0.1"].config["warmup"] == 8
     assert by["budget_layers@0.1"].config["layers"] == [20, 12]
+    gated = {c.key: c for c in make_cells(["cheapest_gate"], [0, 0.1, 0.4], n_layer=30, warmup=8, ranking=ranking)}
+    assert sorted(gated) == ["cheapest_gate@0.1", "cheapest_gate@0.4", "full"]
+    c = gated["cheapest_gate@0.1"].config
+    # max_skip = round(0.1 x 30 x 6/5) = 4: the gate may leave out the 8 cheapest non-cold FFNs (24 .. 17)
+    assert c["policy"] == "ffn_skip" and c["target_ratio"] == 0.1 and c["layers"] == list(range(17, 25))
+    assert gated["cheapest_gate@0.4"].config["layers"] == list(range(5, 25))   # the whole non-cold region
     zero = make_cells(["random", "shortgpt"], [0], n_layer=30, warmup=0, ranking=ranking, check_zero=True)
     assert [c.key for c in zero] == ["full", "random@0"]
     with pytest.raises(ValueError, match="unknown policy"):

@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: ppl, agreement, qa, summarize, mtbench, collapse (default: all)")
     e.add_argument("--policies", default="ffn_skip,random,static,shortgpt,skipdecode",
                    help="comma-separated: ffn_skip, random, static, shortgpt, skipdecode, and beyond the paper "
-                        "cheapest (the FFNs with the lowest single-ablation cost) and budget (quality-budget "
-                        "calibration); default: the paper's five")
+                        "cheapest (the FFNs with the lowest single-ablation cost), cheapest_gate (ffn_skip whose "
+                        "gate may only leave out the cheapest FFNs) and budget (quality-budget calibration); "
+                        "default: the paper's five")
     e.add_argument("--ratios", default="0,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4",
                    help="requested skip ratios, as fractions or percents (default 0 to 0.4 by 0.05)")
     e.add_argument("--budgets", default="0.1", help="perplexity budgets of the budget policy (default 0.1 = +10%%)")

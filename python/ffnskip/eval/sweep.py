@@ -15,9 +15,12 @@ from .common import PROMPT_PRUNING, Accum, Cell, Progress, Settings
 
 TASKS = ("ppl", "agreement", "qa", "summarize", "mtbench", "collapse")
 PAPER_POLICIES = ("ffn_skip", "random", "static", "shortgpt", "skipdecode")
-# Beyond the paper: the FFNs with the lowest single-ablation cost (fixed set), and the
-# quality-budget calibration's ffn_skip setting and its cheapest-FFN alternative.
-EXTRA_POLICIES = ("cheapest", "budget")
+# Beyond the paper: the FFNs with the lowest single-ablation cost (fixed set), the
+# cosine gate restricted to the cheapest FFNs, and the quality-budget calibration's
+# ffn_skip setting and its cheapest-FFN alternative.
+EXTRA_POLICIES = ("cheapest", "cheapest_gate", "budget")
+# ffn_skip's defaults, for the cells that derive a budget from them
+GATE_COLD, GATE_REFRESH = 5, 6
 POLICIES = PAPER_POLICIES + EXTRA_POLICIES
 RATIOS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40)
 RESULT_FORMAT = "ffnskip-eval"
@@ -60,6 +63,18 @@ def make_cells(policies: Sequence[str], ratios: Sequence[float], *, n_layer: int
                 layers = sorted(int(l) for l in ranking[:k])
                 pol = "shortgpt" if policy == "shortgpt" else "layers"
                 cells.append(Cell(policy, r, {"policy": pol, "layers": layers, "warmup": warmup}))
+            elif policy == "cheapest_gate":
+                # ffn_skip at ratio r whose gate may only leave out the 2 x max_skip
+                # cheapest non-cold FFNs (all of them once that is the whole region)
+                max_skip = int(round(r * n_layer * GATE_REFRESH / (GATE_REFRESH - 1)))
+                if max_skip == 0:
+                    continue
+                if ranking is None:
+                    raise ValueError(f"policy {policy} needs the calibration's layer ranking")
+                non_cold = [int(l) for l in ranking if GATE_COLD <= int(l) < n_layer - GATE_COLD]
+                allowed = sorted(non_cold[:min(len(non_cold), 2 * max_skip)])
+                cells.append(Cell(policy, r, {"policy": "ffn_skip", "target_ratio": r, "layers": allowed,
+                                              "warmup": warmup, "seed": 0}))
             elif r > 0 or check_zero:
                 cells.append(Cell(policy, r, {"policy": policy, "target_ratio": r, "warmup": warmup, "seed": 0}))
     keys = [c.key for c in cells]
@@ -152,7 +167,7 @@ def run_sweep(
     ranking = None
     calibration: dict[str, Any] = {}
     budget_profiles = []
-    needs_rank = previous is None and any(p in ("shortgpt", "cheapest") for p in policies)
+    needs_rank = previous is None and any(p in ("shortgpt", "cheapest", "cheapest_gate") for p in policies)
     if "budget" in policies and previous is None:
         for b in budgets:
             if progress:
