@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .progress import Progress
+
 PROFILE_FORMAT = "ffnskip-calibration"
 PROFILE_VERSION = 1
 
@@ -52,45 +54,6 @@ AUTO_BUDGET = 0.02
 
 
 # ---- progress --------------------------------------------------------------------
-class _Progress:
-    """tqdm when it is installed, else one rewritten stderr line; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int | None = None, desc: str = "calibrate") -> None:
-        self.enabled = enabled
-        self.desc = desc
-        self.count = 0
-        self.total = total
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm  # type: ignore[import-not-found]
-
-                self._bar = tqdm(total=total, desc=desc, unit="pass", file=sys.stderr, leave=True)
-            except ImportError:
-                self._bar = None
-
-    def step(self, what: str) -> None:
-        self.count += 1
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.set_postfix_str(what, refresh=False)
-            self._bar.update(1)
-        else:
-            total = f"/{self.total}" if self.total else ""
-            sys.stderr.write(f"\r\x1b[Kffnskip {self.desc}: [{self.count}{total}] {what}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # ---- text windows ----------------------------------------------------------------
 def _windows(ids: Sequence[int], prompt_len: int, cont_len: int, n_tokens: int, what: str) -> list[tuple[list[int], list[int]]]:
     """Split ids into (prompt, continuation) windows until n_tokens continuation tokens
@@ -344,7 +307,7 @@ def calibrate(
     held_windows = _windows(session.tokenize(held_out), prompt_tokens, window, held_out_tokens, "held-out")
     gen_prompts = [p for p, _ in held_windows]
 
-    bar = _Progress(progress, total=None)
+    bar = Progress(enabled=progress, desc="calibrate", unit="pass")
     try:
         # 1. cosine profile of the full model
         cosines = cosine_matrix(session, cal_windows)

@@ -2,9 +2,10 @@
 skip statistics summed over many calls, and the progress display."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from ..progress import Progress  # noqa: F401  (the tasks take it from here)
 
 # Policies whose removals also apply to prompt tokens: every call with them
 # evaluates its prompt again (no reuse of a cached prefix).
@@ -114,37 +115,3 @@ class Accum:
             "decode_tokens_per_second": self.generated / self.decode_seconds if self.decode_seconds > 0 else None,
         }
 
-
-class Progress:
-    """tqdm when installed, else one rewritten stderr line; nothing when disabled."""
-
-    def __init__(self, total: int, enabled: bool = True, desc: str = "eval") -> None:
-        self.enabled, self.total, self.count, self.desc = enabled, total, 0, desc
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm  # type: ignore[import-not-found]
-
-                self._bar = tqdm(total=total, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                self._bar = None
-
-    def step(self, what: str, n: int = 1) -> None:
-        self.count += n
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.set_postfix_str(what, refresh=False)
-            self._bar.update(n)
-        else:
-            sys.stderr.write(f"\r\x1b[Kffnskip {self.desc}: [{self.count}/{self.total}] {what}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            sys.stderr.write("\n")
-            sys.stderr.flush()

@@ -256,7 +256,7 @@ def run_sweep(
         results["runs"] = []
     results["runs"].append(run_record)
     out.mkdir(parents=True, exist_ok=True)
-    bar = Progress(sum(units(t) for t in tasks), enabled=progress)
+    bar = Progress(sum(units(t) for t in tasks), enabled=progress, desc="eval", unit="run")
     task_seconds: dict[str, float] = results.get("task_seconds", {})
     try:
         for task in tasks:
