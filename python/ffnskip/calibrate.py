@@ -55,17 +55,25 @@ AUTO_BUDGET = 0.02
 
 # ---- progress --------------------------------------------------------------------
 # ---- text windows ----------------------------------------------------------------
-def _windows(ids: Sequence[int], prompt_len: int, cont_len: int, n_tokens: int, what: str) -> list[tuple[list[int], list[int]]]:
-    """Split ids into (prompt, continuation) windows until n_tokens continuation tokens
-    are covered; the last window may be shorter. Raises ValueError when the text is
-    too short for one window of at least 16 continuation tokens."""
+def split_windows(ids: Sequence[int], prompt_len: int, cont_len: int, n_tokens: int,
+                  min_scored: int = 1) -> list[tuple[list[int], list[int]]]:
+    """Consecutive (prompt, continuation) windows from the start of ids until n_tokens
+    continuation tokens are covered or the text ends (a window needs at least
+    min_scored continuation tokens); the last one may be shorter."""
     out: list[tuple[list[int], list[int]]] = []
     pos, left = 0, n_tokens
-    while left > 0 and pos + prompt_len + 16 <= len(ids):
+    while left > 0 and pos + prompt_len + min_scored <= len(ids):
         take = min(cont_len, left, len(ids) - pos - prompt_len)
         out.append((list(ids[pos:pos + prompt_len]), list(ids[pos + prompt_len:pos + prompt_len + take])))
         left -= take
         pos += prompt_len + take
+    return out
+
+
+def _windows(ids: Sequence[int], prompt_len: int, cont_len: int, n_tokens: int, what: str) -> list[tuple[list[int], list[int]]]:
+    """split_windows with at least 16 scored tokens per window. Raises ValueError when
+    the text is too short for one window."""
+    out = split_windows(ids, prompt_len, cont_len, n_tokens, min_scored=16)
     if not out:
         raise ValueError(f"the {what} text is too short: {len(ids)} tokens, need at least {prompt_len + 16} "
                          f"({prompt_len} prompt + 16 scored)")

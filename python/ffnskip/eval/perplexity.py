@@ -6,20 +6,15 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from ..calibrate import split_windows
 from .common import Accum, Cell, Progress, Settings
 
 
 def windows(ids: Sequence[int], prompt: int, window: int, n_tokens: int) -> list[tuple[list[int], list[int]]]:
     """Consecutive (context, scored) windows from the start of ids covering n_tokens
     scored tokens; the last one may be shorter."""
-    out = []
-    pos, left = 0, n_tokens
-    while left > 0 and pos + prompt + 1 <= len(ids):
-        take = min(window, left, len(ids) - pos - prompt)
-        out.append((list(ids[pos:pos + prompt]), list(ids[pos + prompt:pos + prompt + take])))
-        left -= take
-        pos += prompt + take
-    if left > 0:
+    out = split_windows(ids, prompt, window, n_tokens)
+    if sum(len(scored) for _, scored in out) < n_tokens:
         raise ValueError(f"the text has {len(ids)} tokens: too few for {n_tokens} scored tokens "
                          f"in windows of {prompt} + {window}")
     return out
