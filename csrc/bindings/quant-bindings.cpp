@@ -4,6 +4,7 @@
 #include <cctype>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bindings/bindings.h"
 #include "quant/quant.h"
@@ -116,6 +117,42 @@ void bind_quant(py::module_& m) {
                              : ffnskip::vec_dot(wtype, n, w.ptr, a.ptr);
         },
         py::arg("wtype"), py::arg("w"), py::arg("a"), py::arg("n"), py::arg("reference") = false);
+
+    m.def(
+        "_matmul",
+        [](const std::string& wname, const py::buffer& wbuf, int64_t n_out, const float_array& x) {
+            // y (n_tokens, n_out) = x (n_tokens, n) times the n_out weight rows, through the
+            // tiled kernel where the type has one (as the forward pass calls it), else vec_dot.
+            const GgmlType wtype = parse_type(wname);
+            const GgmlType atype = ffnskip::type_traits(wtype).vec_dot_type;
+            if (x.ndim() != 2) throw std::invalid_argument("_matmul: x must be (n_tokens, n)");
+            const int64_t nt = x.shape(0), n = x.shape(1);
+            const size_t w_row = checked_row_size(wtype, n, "_matmul"), a_row = ffnskip::row_size(atype, n);
+            if (n_out <= 0 || nt <= 0) throw std::invalid_argument("_matmul: empty product");
+            const py::buffer_info w = byte_view(wbuf, "_matmul weights");
+            if (size_t(w.size) != w_row * size_t(n_out)) {
+                throw std::invalid_argument("_matmul: " + std::to_string(n_out) + " rows of " + std::to_string(n) + " " +
+                                            ffnskip::type_traits(wtype).name + " elements take " +
+                                            std::to_string(w_row * size_t(n_out)) + " bytes, got " + std::to_string(w.size));
+            }
+            std::vector<uint8_t> a(a_row * size_t(nt));
+            for (int64_t t = 0; t < nt; t++) ffnskip::quantize_row(atype, x.data() + t * n, a.data() + t * a_row, n);
+            py::array_t<float> y({nt, n_out});
+            float* out = y.mutable_data();
+            const uint8_t* wp = static_cast<const uint8_t*>(w.ptr);
+            {
+                py::gil_scoped_release unlocked;
+                if (const ffnskip::GemmFn gemm = ffnskip::gemm_fn(wtype)) {
+                    gemm(n, wp, w_row, int(n_out), a.data(), a_row, int(nt), out, size_t(n_out));
+                } else {
+                    const ffnskip::VecDotFn dot = ffnskip::vec_dot_fn(wtype);
+                    for (int64_t t = 0; t < nt; t++)
+                        for (int64_t r = 0; r < n_out; r++) out[t * n_out + r] = dot(n, wp + r * w_row, a.data() + t * a_row);
+                }
+            }
+            return y;
+        },
+        py::arg("wtype"), py::arg("w"), py::arg("n_out"), py::arg("x"));
 
     // fp16 / bf16 helpers over arrays (compared with numpy in the tests)
     m.def(
