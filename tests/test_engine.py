@@ -93,15 +93,22 @@ def test_thread_count_does_not_change_logits(synthetic_model):
 # different greedy token where llama.cpp's two candidates are closer than NEAR_TIE
 # is a tie, not an error. On the F32 copy of the same weights, where no activation
 # is quantized, agreement is exact (LOGIT_TOL_F32, every token equal).
+# Single logits can stray further: on Q4_K_M prompt "c", step 24, llama.cpp's logit of
+# token 32 is 1.87 from our scalar reference path and 2.04 from the SIMD one (which
+# agree with each other there), every greedy token still equal. So one logit may be
+# off by LOGIT_TOL_QUANT, while the typical one must stay within LOGIT_MEDIAN_QUANT.
 NEAR_TIE = 1.0
-LOGIT_TOL_QUANT = 1.5
+LOGIT_TOL_QUANT = 2.5
+LOGIT_MEDIAN_QUANT = 0.35   # measured medians: 0.18 (Q4_K_M), 0.12 (Q4_1)
 LOGIT_TOL_F32 = 0.05
 
 
-def _check_greedy(model_path, reference_file, min_agree, logit_tol=LOGIT_TOL_QUANT, near_tie=NEAR_TIE):
+def _check_greedy(model_path, reference_file, min_agree, logit_tol=LOGIT_TOL_QUANT, near_tie=NEAR_TIE,
+                  median_tol=LOGIT_MEDIAN_QUANT):
     data = json.loads(reference_file.read_text())
     session = ffnskip.Session(str(model_path), n_ctx=256, n_threads=2)
     agreed = []
+    deviations = []
     for key, case in data["prompts"].items():
         session.reset()
         logits = session.eval(case["prompt_ids_in_generation"])
@@ -113,6 +120,7 @@ def _check_greedy(model_path, reference_file, min_agree, logit_tol=LOGIT_TOL_QUA
             # The logits llama.cpp printed agree with ours where both are known.
             for tok, val in top5.items():
                 assert abs(logits[tok] - val) < logit_tol, f"prompt {key} step {step}: logit of {tok} {logits[tok]:.3f} vs {val:.3f}"
+                deviations.append(abs(logits[tok] - val))
             if ours != ref_id:
                 assert ours in top5, f"prompt {key} step {step}: we chose {ours}, not among llama.cpp's top 5"
                 gap = top5[ref_id] - top5[ours]
@@ -125,6 +133,7 @@ def _check_greedy(model_path, reference_file, min_agree, logit_tol=LOGIT_TOL_QUA
                 logits = session.eval([ours])
         agreed.append(n_same)
     assert sum(agreed) >= min_agree, agreed
+    assert np.median(deviations) < median_tol, f"median logit deviation {np.median(deviations):.3f}"
 
 
 @pytest.mark.slow
@@ -145,7 +154,7 @@ def test_smollm2_f32_greedy_matches_llama_cpp_exactly(smollm2_f32, shared_dir):
     data = json.loads((shared_dir / "reference" / "greedy_f32.json").read_text())
     total = sum(len(c["generated_ids"]) for c in data["prompts"].values())
     _check_greedy(smollm2_f32, shared_dir / "reference" / "greedy_f32.json", min_agree=total,
-                  logit_tol=LOGIT_TOL_F32, near_tie=0.0)
+                  logit_tol=LOGIT_TOL_F32, near_tie=0.0, median_tol=LOGIT_TOL_F32)
 
 
 @pytest.mark.slow

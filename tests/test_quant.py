@@ -326,6 +326,44 @@ def test_vec_dot_paths_agree_with_float64(tname):
             assert abs(simd - ref) <= 2e-5 * scale, (n, row, simd, ref)
 
 
+@pytest.mark.parametrize("tname", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"])
+def test_matmul_tiles_equal_single_dot_products(tname):
+    """Every output of a matrix product, whatever tile computed it (full tiles, the
+    narrower ones at the edges, one token), has exactly the bits of the single dot product
+    of its row and token, and is close to float64 (the scalar reference's tolerance)."""
+    rng = np.random.default_rng(3000 + ALL_TYPES.index(tname))
+    act = VEC_DOT_TYPE[tname]
+    bs, _ = BLOCK[tname]
+    n = 512 if bs == QK_K else 96
+    for n_rows, n_tok in [(1, 1), (11, 1), (3, 4), (7, 9), (13, 5), (2, 3)]:
+        w = np.concatenate([random_blocks(rng, tname, n // bs) for _ in range(n_rows)])
+        x = (rng.standard_normal((n_tok, n)) * rng.uniform(0.1, 5, (n_tok, 1))).astype(np.float32)
+        y = core._matmul(tname, w, n_rows, x)
+        assert y.shape == (n_tok, n_rows)
+        row_bytes = len(w) // n_rows
+        wv = reference_dequantize(tname, w).astype(np.float64).reshape(n_rows, n)
+        for t in range(n_tok):
+            a = core._quantize(act, x[t])
+            av = activation_values(act, a)
+            for r in range(n_rows):
+                wr = w[r * row_bytes:(r + 1) * row_bytes]
+                assert bits(y[t, r : r + 1]) == bits(np.float32([core._vec_dot(tname, wr, a, n)])), (n_rows, n_tok, t, r)
+            if tname not in ("Q4_1",):   # Q4_1's stored block sums: see the dot product test
+                exact = wv @ av
+                scale = np.abs(wv) @ np.abs(av) + 1e-30
+                assert np.all(np.abs(y[t] - exact) <= 2e-5 * scale), (n_rows, n_tok, t)
+
+
+def test_matmul_bad_arguments():
+    w = np.zeros(2 * 34, np.uint8)
+    with pytest.raises(ValueError, match="2 rows of 32 Q8_0 elements take 68 bytes, got 34"):
+        core._matmul("Q8_0", w[:34], 2, np.zeros((1, 32), np.float32))
+    with pytest.raises(ValueError, match=r"x must be \(n_tokens, n\)"):
+        core._matmul("Q8_0", w, 2, np.zeros(32, np.float32))
+    with pytest.raises(ValueError, match="multiple of the Q8_0 block size"):
+        core._matmul("Q8_0", w, 2, np.zeros((1, 33), np.float32))
+
+
 def test_vec_dot_extreme_quants():
     # weight quants at their extremes (-128 for Q8_0) against activations at +-127
     n = 1024

@@ -14,6 +14,8 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
+#include <vector>
+
 namespace ffnskip {
 
 static inline float hsum_ps(__m256 v) {
@@ -94,13 +96,17 @@ static float dot_q4_0_q8_0(int64_t n, const void* vw, const void* va) {
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-// (d, m) of a weight block and (d, s) of a Q8_1 block are adjacent fp16 pairs: one
-// conversion each gives [dx*dy, mx*sy] for a block.
+// Two adjacent fp16 values ((d, m) of a weight block, (d, s) of a Q8_1 block) as floats
+// in lanes 0 and 1.
+static inline __m128 half2_to_float(const uint16_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(int(v)));
+}
+
+// (d, m) of a weight block and (d, s) of a Q8_1 block: [dx*dy, mx*sy] for a block.
 static inline __m128 dm_products(const uint16_t* wdm, const uint16_t* ads) {
-    uint32_t w, a;
-    std::memcpy(&w, wdm, 4);
-    std::memcpy(&a, ads, 4);
-    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(int(w))), _mm_cvtph_ps(_mm_cvtsi32_si128(int(a))));
+    return _mm_mul_ps(half2_to_float(wdm), half2_to_float(ads));
 }
 
 // Q5_0 quants as signed bytes q - 16: a clear 5th bit sets the top nibble (0xF0 | q = q - 16).
@@ -441,166 +447,163 @@ static void quantize_q8_1(const float* x, void* dst, int64_t n) {
 
 // ---- tiled products: R weight rows x C tokens share each block's loads ------------------
 //
-// Every output keeps two float accumulator vectors (even and odd blocks, the order of
-// the plain dot products before tiling) plus, for Q4_1, the minimum term, updated block
-// by block in the same order, so a 2x2 tile, a 2x1 tile and the single dot product (a
-// 1x1 tile) give identical bits for the same pair.
+// Every output has one float accumulator, updated block by block in block order (plus,
+// for Q4_1, the minimum term), and the same instructions make each update whatever the
+// tile shape: so a 4x2 tile, a 1x2 tile and the single dot product (a 1x1 tile) give
+// identical bits for the same pair, and a batch of tokens computes what one token does.
+//
+// A tile kernel K has ROWS x COLS (its largest tile) and run<R, C>(nb, w, ws, a, as, y, ys),
+// which writes y[c * ys + r] for R weight rows ws bytes apart times C activation rows
+// as bytes apart, nb blocks long.
 
-using TileFn = void (*)(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys);
 
-constexpr int TILE_R = 2;   // weight rows per tile (2 x 2 x 2 accumulators fit the 16 registers)
-constexpr int TILE_C = 2;   // tokens per tile
+// R rows times all nt tokens, COLS at a time, the last few with a narrower tile.
+template <class K, int R>
+static void tile_row_strip(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, int nt, float* y,
+                           size_t ys) {
+    int t = 0;
+    for (; t + K::COLS <= nt; t += K::COLS) K::template run<R, K::COLS>(nb, w, ws, a + t * as, as, y + t * ys, ys);
+    for (; t < nt; t++) K::template run<R, 1>(nb, w, ws, a + t * as, as, y + t * ys, ys);
+}
 
-// Calls tiles[r-1][c-1] over the nr x nt output, TILE_R x TILE_C at a time.
-static void gemm_drive(const TileFn (&tiles)[TILE_R][TILE_C], int64_t nb, const void* w, size_t ws, int nr,
-                       const void* a, size_t as, int nt, float* y, size_t ys) {
+// The rows left over (fewer than ROWS): one strip of exactly `left` rows.
+template <class K, int R>
+static void tile_tail_rows(int left, int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, int nt,
+                           float* y, size_t ys) {
+    if constexpr (R >= 1) {
+        if (left == R) return tile_row_strip<K, R>(nb, w, ws, a, as, nt, y, ys);
+        tile_tail_rows<K, R - 1>(left, nb, w, ws, a, as, nt, y, ys);
+    }
+}
+
+// The whole nr x nt product. One token (decode) goes a row at a time: weights come from
+// memory once either way, and one sequential stream runs about twice as fast as several
+// interleaved rows (row lengths of 600+ bytes defeat the hardware prefetcher).
+template <class K>
+static void gemm_tiled(int64_t nb, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
+                       size_t ys) {
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     const uint8_t* ab = static_cast<const uint8_t*>(a);
     if (nt == 1) {
-        // One token (decode): a row at a time. Weights come from memory once either way,
-        // and one sequential stream runs about twice as fast as two interleaved rows
-        // (row lengths of 600+ bytes defeat the hardware prefetcher).
-        for (int r = 0; r < nr; r++) tiles[0][0](nb, wb + r * ws, ws, ab, as, y + r, ys);
+        for (int r = 0; r < nr; r++) K::template run<1, 1>(nb, wb + r * ws, ws, ab, as, y + r, ys);
         return;
     }
-    for (int r = 0; r < nr; r += TILE_R) {
-        const int rr = nr - r < TILE_R ? nr - r : TILE_R;
-        for (int t = 0; t < nt; t += TILE_C) {
-            const int cc = nt - t < TILE_C ? nt - t : TILE_C;
-            tiles[rr - 1][cc - 1](nb, wb + r * ws, ws, ab + t * as, as, y + t * ys + r, ys);
-        }
-    }
+    int r = 0;
+    for (; r + K::ROWS <= nr; r += K::ROWS) tile_row_strip<K, K::ROWS>(nb, wb + r * ws, ws, ab, as, nt, y + r, ys);
+    if (r < nr) tile_tail_rows<K, K::ROWS - 1>(nr - r, nb, wb + r * ws, ws, ab, as, nt, y + r, ys);
 }
 
-#define FFNSKIP_TILE_TABLE(name)                                             \
-    static const TileFn name##_tiles[TILE_R][TILE_C] = {                     \
-        {name<1, 1>, name<1, 2>}, {name<2, 1>, name<2, 2>}};                 \
-    static void name##_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, \
-                            float* y, size_t ys) {                                                        \
-        gemm_drive(name##_tiles, n / 32, w, ws, nr, a, as, nt, y, ys);                                    \
-    }                                                                                                     \
-    static float name##_dot(int64_t n, const void* w, const void* a) {                                   \
-        float y;                                                                                          \
-        name<1, 1>(n / 32, static_cast<const uint8_t*>(w), 0, static_cast<const uint8_t*>(a), 0, &y, 0);  \
-        return y;                                                                                         \
-    }
+template <class K>
+static float tile_dot(int64_t nb, const void* w, const void* a) {
+    float y;
+    K::template run<1, 1>(nb, static_cast<const uint8_t*>(w), 0, static_cast<const uint8_t*>(a), 0, &y, 0);
+    return y;
+}
 
-template <int R, int C>
-static void tile_q4_1(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-    __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
-    __m128 acc_m[R][C];              // lane 1: the minimum term
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) {
-            acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
-            acc_m[r][c] = _mm_setzero_ps();
-        }
-    const __m256i ones = _mm256_set1_epi16(1);
-    // One block of every row and token; p receives [dw * da, mw * sa] per pair.
-    auto block = [&](int64_t i, __m256 (&acc)[R][C], __m128 (&p)[R][C]) {
-        __m256i q[R];
-        const block_q4_1* x[R];
-        for (int r = 0; r < R; r++) {
-            x[r] = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-            q[r] = unpack_nibbles_32(x[r]->qs);
-        }
-        for (int c = 0; c < C; c++) {
-            const block_q8_1* b = reinterpret_cast<const block_q8_1*>(a + c * as) + i;
-            const __m256i qa = load256(b->qs);
+struct TileQ4_1 {
+    static constexpr int ROWS = 3, COLS = 4;
+    template <int R, int C>
+    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+        __m256 acc[R][C];
+        __m128 acc_m[R][C];   // lane 1: the minimum term
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) {
+                acc[r][c] = _mm256_setzero_ps();
+                acc_m[r][c] = _mm_setzero_ps();
+            }
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (int64_t i = 0; i < nb; i++) {
+            __m256i q[R];
+            __m128 dm[R];   // [d, m] of the weight block
             for (int r = 0; r < R; r++) {
-                p[r][c] = dm_products(&x[r]->d, &b->d);
-                const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p[r][c]), _mm256_cvtepi32_ps(s), acc[r][c]);
+                const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+                q[r] = unpack_nibbles_32(x->qs);
+                dm[r] = half2_to_float(&x->d);
+            }
+            for (int c = 0; c < C; c++) {
+                const block_q8_1* b = reinterpret_cast<const block_q8_1*>(a + c * as) + i;
+                const __m256i qa = load256(b->qs);
+                const __m128 ds = half2_to_float(&b->d);   // [d, s] of the activation block
+                for (int r = 0; r < R; r++) {
+                    const __m128 p = _mm_mul_ps(dm[r], ds);   // [dw * da, mw * sa]
+                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc[r][c]);
+                    acc_m[r][c] = _mm_add_ps(acc_m[r][c], p);
+                }
             }
         }
-    };
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        __m128 p0[R][C], p1[R][C];
-        block(i, acc0, p0);
-        block(i + 1, acc1, p1);
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], _mm_add_ps(p0[r][c], p1[r][c]));
+            for (int c = 0; c < C; c++) {
+                const __m128 m = acc_m[r][c];
+                y[c * ys + r] = hsum_ps(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+            }
     }
-    if (i < nb) {
-        __m128 p0[R][C];
-        block(i, acc0, p0);
-        for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc_m[r][c] = _mm_add_ps(acc_m[r][c], p0[r][c]);
-    }
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) {
-            const __m128 m = acc_m[r][c];
-            y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c])) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
-        }
-}
-FFNSKIP_TILE_TABLE(tile_q4_1)
+};
 
-// Signed weights (Q8_0, Q5_0) against Q8_0 activations: |w| * (a * sign(w)). `quants`
-// gives block i of row r as signed bytes and its fp16 scale.
-template <int R, int C, typename Quants>
-static inline void tile_signed(int64_t nb, Quants quants, const uint8_t* a, size_t as, float* y, size_t ys) {
-    __m256 acc0[R][C], acc1[R][C];   // even and odd blocks
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) acc0[r][c] = acc1[r][c] = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
-    auto block = [&](int64_t i, __m256 (&acc)[R][C]) {
-        __m256i q[R];
-        float dw[R];
-        for (int r = 0; r < R; r++) q[r] = quants(r, i, &dw[r]);
-        for (int c = 0; c < C; c++) {
-            const block_q8_0* b = reinterpret_cast<const block_q8_0*>(a + c * as) + i;
-            const __m256i qa = load256(b->qs);
-            const float da = h2f(b->d);
+// Signed weights (Q8_0, Q5_0) against Q8_0 activations: |w| * (a * sign(w)).
+// Q::quants(x, &d) gives a block as signed bytes and its scale.
+template <class Q, int ROWS_, int COLS_>
+struct TileSigned {
+    static constexpr int ROWS = ROWS_, COLS = COLS_;
+    template <int R, int C>
+    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+        __m256 acc[R][C];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (int64_t i = 0; i < nb; i++) {
+            __m256i q[R], qabs[R];
+            float dw[R];
             for (int r = 0; r < R; r++) {
-                const __m256i s = _mm256_madd_epi16(mul_i8_pairs16(q[r], qa), ones);
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), _mm256_cvtepi32_ps(s), acc[r][c]);
+                q[r] = Q::quants(reinterpret_cast<const typename Q::block*>(w + r * ws) + i, &dw[r]);
+                qabs[r] = _mm256_sign_epi8(q[r], q[r]);
+            }
+            for (int c = 0; c < C; c++) {
+                const block_q8_0* b = reinterpret_cast<const block_q8_0*>(a + c * as) + i;
+                const __m256i qa = load256(b->qs);
+                const float da = h2f(b->d);
+                for (int r = 0; r < R; r++) {
+                    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(qabs[r], _mm256_sign_epi8(qa, q[r])), ones);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), _mm256_cvtepi32_ps(s), acc[r][c]);
+                }
             }
         }
-    };
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        block(i, acc0);
-        block(i + 1, acc1);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
     }
-    if (i < nb) block(i, acc0);
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(_mm256_add_ps(acc0[r][c], acc1[r][c]));
-}
+};
 
-template <int R, int C>
-static void tile_q8_0(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-    tile_signed<R, C>(nb, [&](int r, int64_t i, float* d) {
-        const block_q8_0* x = reinterpret_cast<const block_q8_0*>(w + r * ws) + i;
+struct Q8_0Quants {
+    using block = block_q8_0;
+    static __m256i quants(const block_q8_0* x, float* d) {
         *d = h2f(x->d);
         return load256(x->qs);
-    }, a, as, y, ys);
-}
-FFNSKIP_TILE_TABLE(tile_q8_0)
-
-template <int R, int C>
-static void tile_q5_0(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-    tile_signed<R, C>(nb, [&](int r, int64_t i, float* d) {
-        const block_q5_0* x = reinterpret_cast<const block_q5_0*>(w + r * ws) + i;
+    }
+};
+struct Q5_0Quants {
+    using block = block_q5_0;
+    static __m256i quants(const block_q5_0* x, float* d) {
         *d = h2f(x->d);
         return q5_0_quants(x);
-    }, a, as, y, ys);
+    }
+};
+using TileQ8_0 = TileSigned<Q8_0Quants, 3, 4>;
+using TileQ5_0 = TileSigned<Q5_0Quants, 3, 4>;
+
+static void q4_1_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<TileQ4_1>(n / QK4_1, w, ws, nr, a, as, nt, y, ys);
 }
-FFNSKIP_TILE_TABLE(tile_q5_0)
+static float q4_1_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ4_1>(n / QK4_1, w, a); }
+static void q8_0_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<TileQ8_0>(n / QK8_0, w, ws, nr, a, as, nt, y, ys);
+}
+static float q8_0_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ8_0>(n / QK8_0, w, a); }
+static void q5_0_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<TileQ5_0>(n / QK5_0, w, ws, nr, a, as, nt, y, ys);
+}
+static float q5_0_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ5_0>(n / QK5_0, w, a); }
 
 // ---- K-quant tiles (256-element super-blocks; same arithmetic as the dot products above) --
-
-// A single token keeps the plain dot product (`dot`), which computes the same bits.
-#define FFNSKIP_TILE_TABLE_K(name, dot)                                      \
-    static const TileFn name##_tiles[TILE_R][TILE_C] = {                     \
-        {name<1, 1>, name<1, 2>}, {name<2, 1>, name<2, 2>}};                 \
-    static void name##_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, \
-                            float* y, size_t ys) {                                                        \
-        if (nt == 1) {                                                                                    \
-            for (int r = 0; r < nr; r++) y[r] = dot(n, static_cast<const uint8_t*>(w) + r * ws, a);       \
-            return;                                                                                       \
-        }                                                                                                 \
-        gemm_drive(name##_tiles, n / QK_K, w, ws, nr, a, as, nt, y, ys);                                  \
-    }
 
 template <int R, int C>
 static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
@@ -650,7 +653,17 @@ static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]) - acc_m[r][c];
 }
-FFNSKIP_TILE_TABLE_K(tile_q4_K, dot_q4_K_q8_K)
+struct TileQ4_K {
+    static constexpr int ROWS = 2, COLS = 4;
+    template <int R, int C>
+    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+        if constexpr (R == 1 && C == 1) *y = dot_q4_K_q8_K(nb * QK_K, w, a);   // the same bits
+        else tile_q4_K<R, C>(nb, w, ws, a, as, y, ys);
+    }
+};
+static void q4_K_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<TileQ4_K>(n / QK_K, w, ws, nr, a, as, nt, y, ys);
+}
 
 template <int R, int C>
 static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
@@ -700,38 +713,76 @@ static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
 }
-FFNSKIP_TILE_TABLE_K(tile_q6_K, dot_q6_K_q8_K)
+struct TileQ6_K {
+    static constexpr int ROWS = 2, COLS = 4;
+    template <int R, int C>
+    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+        if constexpr (R == 1 && C == 1) *y = dot_q6_K_q8_K(nb * QK_K, w, a);   // the same bits
+        else tile_q6_K<R, C>(nb, w, ws, a, as, y, ys);
+    }
+};
+static void q6_K_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<TileQ6_K>(n / QK_K, w, ws, nr, a, as, nt, y, ys);
+}
 
-// F16 weights and activations, 32 elements a step (one "block" = 32 halves).
+// F16 weights times activations rounded to fp16, one accumulator per output, 8 elements
+// a step in order. The tiles read the activations widened to float (exact: every fp16
+// value is a float), so that a step converts only the R weight vectors; the single dot
+// product converts its fp16 activations as it goes. Both feed the FMAs identical values.
 template <int R, int C>
-static void tile_f16(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+static void tile_f16_f32(int64_t n8, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
     __m256 acc[R][C];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb * 4; i++) {
+    for (int64_t i = 0; i < n8; i++) {
         __m256 wv[R];
         for (int r = 0; r < R; r++) wv[r] = load_f16x8(reinterpret_cast<const uint16_t*>(w + r * ws) + 8 * i);
         for (int c = 0; c < C; c++) {
-            const __m256 av = load_f16x8(reinterpret_cast<const uint16_t*>(a + c * as) + 8 * i);
+            const __m256 av = _mm256_loadu_ps(reinterpret_cast<const float*>(a + c * as) + 8 * i);
             for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
 }
-FFNSKIP_TILE_TABLE(tile_f16)
 
-// F16 rows whose length is not a multiple of 32 keep the plain loop.
+struct TileF16 {
+    static constexpr int ROWS = 3, COLS = 4;   // 12 accumulators + 3 weights + 1 activation
+    template <int R, int C>
+    static void run(int64_t n8, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
+        tile_f16_f32<R, C>(n8, w, ws, a, as, y, ys);
+    }
+};
+
+static float dot_f16_f16(int64_t n8, const uint16_t* w, const uint16_t* a) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i++) acc = _mm256_fmadd_ps(load_f16x8(w + 8 * i), load_f16x8(a + 8 * i), acc);
+    return hsum_ps(acc);
+}
+
+// F16 rows whose length is not a multiple of 8 keep the plain loop.
 static float dot_f16_any(int64_t n, const void* vw, const void* va) {
-    if (n % 32 == 0) return tile_f16_dot(n, vw, va);
+    if (n % 8 == 0) return dot_f16_f16(n / 8, static_cast<const uint16_t*>(vw), static_cast<const uint16_t*>(va));
     return dot_f16(n, vw, va);
 }
+
 static void gemm_f16_any(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
                          size_t ys) {
-    if (n % 32 == 0) return tile_f16_gemm(n, w, ws, nr, a, as, nt, y, ys);
-    for (int t = 0; t < nt; t++)
-        for (int r = 0; r < nr; r++)
-            y[t * ys + r] = dot_f16(n, static_cast<const uint8_t*>(w) + r * ws, static_cast<const uint8_t*>(a) + t * as);
+    const uint8_t* ab = static_cast<const uint8_t*>(a);
+    if (n % 8 != 0 || nt == 1) {
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < nr; r++) y[t * ys + r] = dot_f16_any(n, static_cast<const uint8_t*>(w) + r * ws, ab + t * as);
+        return;
+    }
+    // The activations widened once per call (a few percent of the products' work for
+    // the row counts matmul passes); the buffer only grows.
+    thread_local std::vector<float> wide;
+    if (wide.size() < size_t(n) * nt) wide.resize(size_t(n) * nt);
+    for (int t = 0; t < nt; t++) {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(ab + t * as);
+        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(wide.data() + size_t(t) * n + i, load_f16x8(src + i));
+    }
+    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide.data(), size_t(n) * sizeof(float), nt, y, ys);
 }
 
 bool quant_avx2_kernels(QuantKernels* k) {
@@ -740,20 +791,20 @@ bool quant_avx2_kernels(QuantKernels* k) {
     k->gemm[int(GgmlType::F16)] = gemm_f16_any;
     k->vec_dot[int(GgmlType::BF16)] = dot_bf16;
     k->vec_dot[int(GgmlType::Q4_0)] = dot_q4_0_q8_0;
-    k->vec_dot[int(GgmlType::Q4_1)] = tile_q4_1_dot;
-    k->gemm[int(GgmlType::Q4_1)] = tile_q4_1_gemm;
-    k->vec_dot[int(GgmlType::Q5_0)] = tile_q5_0_dot;
-    k->gemm[int(GgmlType::Q5_0)] = tile_q5_0_gemm;
+    k->vec_dot[int(GgmlType::Q4_1)] = q4_1_dot;
+    k->gemm[int(GgmlType::Q4_1)] = q4_1_gemm;
+    k->vec_dot[int(GgmlType::Q5_0)] = q5_0_dot;
+    k->gemm[int(GgmlType::Q5_0)] = q5_0_gemm;
     k->vec_dot[int(GgmlType::Q5_1)] = dot_q5_1_q8_1;
-    k->vec_dot[int(GgmlType::Q8_0)] = tile_q8_0_dot;
-    k->gemm[int(GgmlType::Q8_0)] = tile_q8_0_gemm;
+    k->vec_dot[int(GgmlType::Q8_0)] = q8_0_dot;
+    k->gemm[int(GgmlType::Q8_0)] = q8_0_gemm;
     k->vec_dot[int(GgmlType::Q2_K)] = dot_q2_K_q8_K;
     k->vec_dot[int(GgmlType::Q3_K)] = dot_q3_K_q8_K;
     k->vec_dot[int(GgmlType::Q4_K)] = dot_q4_K_q8_K;
-    k->gemm[int(GgmlType::Q4_K)] = tile_q4_K_gemm;   // matrices only: vec_dot keeps the plain kernel
+    k->gemm[int(GgmlType::Q4_K)] = q4_K_gemm;   // matrices only: vec_dot keeps the plain kernel
     k->vec_dot[int(GgmlType::Q5_K)] = dot_q5_K_q8_K;
     k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
-    k->gemm[int(GgmlType::Q6_K)] = tile_q6_K_gemm;
+    k->gemm[int(GgmlType::Q6_K)] = q6_K_gemm;
     k->quantize[int(GgmlType::Q8_0)] = quantize_q8_0;
     k->quantize[int(GgmlType::Q8_1)] = quantize_q8_1;
     return true;
