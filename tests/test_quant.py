@@ -210,7 +210,7 @@ def test_quantize_q8_1_matches_reference():
         np.testing.assert_array_equal(core._quantize("Q8_1", x), numpy_q8_1(x))
 
 
-@pytest.mark.parametrize("tname", ["Q8_0", "Q8_1"])
+@pytest.mark.parametrize("tname", ["Q8_0", "Q8_1", "F16"])
 def test_quantize_simd_matches_scalar(tname):
     """The SIMD converters give the scalar reference's bytes, ties and tiny values included."""
     rng = np.random.default_rng(6)
@@ -219,6 +219,15 @@ def test_quantize_simd_matches_scalar(tname):
     near_ties[::32] = 127.0
     rows.append(np.nextafter(near_ties, np.float32(0)))   # just below each tie
     rows.append(np.nextafter(near_ties, np.float32(1000)))
+    if tname == "F16":
+        # every fp16 class: subnormals, overflow to inf, inf, NaN payloads, fp16 ties, odd tail
+        bits32 = rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)
+        rows.append(bits32.view(np.float32))
+        halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        rows.append(halves)
+        finite = halves[np.isfinite(halves)]
+        rows.append((finite[:-1] + finite[1:]) / 2)   # midpoints: exact ties
+        rows.append(np.float32([65519.0, 65520.0, -65520.0, 6e-8, 3e-8, 2.98e-8, np.inf, -np.inf, np.nan]))
     for x in rows:
         fast = core._quantize(tname, x)
         prev = core._set_force_scalar(True)

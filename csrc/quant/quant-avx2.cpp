@@ -445,6 +445,17 @@ static void quantize_q8_1(const float* x, void* dst, int64_t n) {
     }
 }
 
+// fp32 -> fp16 with the hardware's round-to-nearest-even: the bits of float_to_half,
+// NaN payloads and subnormals included (tested against it on every class of value).
+static void quantize_f16(const float* x, void* dst, int64_t n) {
+    uint16_t* h = static_cast<uint16_t*>(dst);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) h[i] = float_to_half(x[i]);
+}
+
 // ---- tiled products: R weight rows x C tokens share each block's loads ------------------
 //
 // Every output has one float accumulator, updated block by block in block order (plus,
@@ -802,6 +813,7 @@ bool quant_avx2_kernels(QuantKernels* k) {
     k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
     k->gemm[int(GgmlType::Q6_K)] = q6_K_gemm;
     k->quantize[int(GgmlType::Q8_0)] = quantize_q8_0;
+    k->quantize[int(GgmlType::F16)] = quantize_f16;
     k->quantize[int(GgmlType::Q8_1)] = quantize_q8_1;
     return true;
 }
