@@ -511,15 +511,17 @@ static float tile_dot(int64_t nb, const void* w, const void* a) {
     return y;
 }
 
-// The minimum term m * s of each block goes into lane 0 of the same accumulator, so
-// that an output needs one register, not two.
 struct TileQ4_1 {
     static constexpr int ROWS = 3, COLS = 4;
     template <int R, int C>
     static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
         __m256 acc[R][C];
+        __m128 acc_m[R][C];   // lane 1: the minimum term
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+            for (int c = 0; c < C; c++) {
+                acc[r][c] = _mm256_setzero_ps();
+                acc_m[r][c] = _mm_setzero_ps();
+            }
         const __m256i ones = _mm256_set1_epi16(1);
         for (int64_t i = 0; i < nb; i++) {
             __m256i q[R];
@@ -534,16 +536,18 @@ struct TileQ4_1 {
                 const __m256i qa = load256(b->qs);
                 const __m128 ds = half2_to_float(&b->d);   // [d, s] of the activation block
                 for (int r = 0; r < R; r++) {
-                    const __m128 p = _mm_mul_ps(dm[r], ds);   // [dw * da, mw * sa, ...]
+                    const __m128 p = _mm_mul_ps(dm[r], ds);   // [dw * da, mw * sa]
                     const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], qa), ones);
-                    const __m128 m = _mm_insert_ps(p, p, 0x4E);   // [mw * sa, 0, 0, 0]
                     acc[r][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc[r][c]);
-                    acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_zextps128_ps256(m));
+                    acc_m[r][c] = _mm_add_ps(acc_m[r][c], p);
                 }
             }
         }
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+            for (int c = 0; c < C; c++) {
+                const __m128 m = acc_m[r][c];
+                y[c * ys + r] = hsum_ps(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+            }
     }
 };
 
