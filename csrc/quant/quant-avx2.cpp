@@ -601,18 +601,13 @@ struct Q5_0Quants {
 using TileQ8_0 = TileSigned<Q8_0Quants, 3, 4>;
 using TileQ5_0 = TileSigned<Q5_0Quants, 3, 4>;
 
-static void q4_1_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<TileQ4_1>(n / QK4_1, w, ws, nr, a, as, nt, y, ys);
+// GemmFn / VecDotFn of a tile kernel over blocks of qk elements.
+template <class K, int qk>
+static void gemm_blocks(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
+    gemm_tiled<K>(n / qk, w, ws, nr, a, as, nt, y, ys);
 }
-static float q4_1_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ4_1>(n / QK4_1, w, a); }
-static void q8_0_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<TileQ8_0>(n / QK8_0, w, ws, nr, a, as, nt, y, ys);
-}
-static float q8_0_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ8_0>(n / QK8_0, w, a); }
-static void q5_0_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<TileQ5_0>(n / QK5_0, w, ws, nr, a, as, nt, y, ys);
-}
-static float q5_0_dot(int64_t n, const void* w, const void* a) { return tile_dot<TileQ5_0>(n / QK5_0, w, a); }
+template <class K, int qk>
+static float dot_blocks(int64_t n, const void* w, const void* a) { return tile_dot<K>(n / qk, w, a); }
 
 // ---- K-quant tiles (256-element super-blocks; same arithmetic as the dot products above) --
 
@@ -664,18 +659,6 @@ static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]) - acc_m[r][c];
 }
-struct TileQ4_K {
-    static constexpr int ROWS = 2, COLS = 4;
-    template <int R, int C>
-    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-        if constexpr (R == 1 && C == 1) *y = dot_q4_K_q8_K(nb * QK_K, w, a);   // the same bits
-        else tile_q4_K<R, C>(nb, w, ws, a, as, y, ys);
-    }
-};
-static void q4_K_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<TileQ4_K>(n / QK_K, w, ws, nr, a, as, nt, y, ys);
-}
-
 template <int R, int C>
 static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -724,17 +707,25 @@ static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
 }
-struct TileQ6_K {
+// K-quant tiles, 2 x 4; the 1 x 1 tile is the plain dot product, which gives the same bits.
+// F names the format's dot product and tile template.
+template <class F>
+struct TileK {
     static constexpr int ROWS = 2, COLS = 4;
     template <int R, int C>
     static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-        if constexpr (R == 1 && C == 1) *y = dot_q6_K_q8_K(nb * QK_K, w, a);   // the same bits
-        else tile_q6_K<R, C>(nb, w, ws, a, as, y, ys);
+        if constexpr (R == 1 && C == 1) *y = F::dot(nb * QK_K, w, a);
+        else F::template tile<R, C>(nb, w, ws, a, as, y, ys);
     }
 };
-static void q6_K_gemm(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<TileQ6_K>(n / QK_K, w, ws, nr, a, as, nt, y, ys);
-}
+struct Q4_KKernels {
+    static constexpr auto dot = dot_q4_K_q8_K;
+    template <int R, int C> static constexpr auto tile = tile_q4_K<R, C>;
+};
+struct Q6_KKernels {
+    static constexpr auto dot = dot_q6_K_q8_K;
+    template <int R, int C> static constexpr auto tile = tile_q6_K<R, C>;
+};
 
 // F16 weights times activations rounded to fp16, one accumulator per output, 8 elements
 // a step in order. The tiles read the activations widened to float (exact: every fp16
@@ -802,20 +793,20 @@ bool quant_avx2_kernels(QuantKernels* k) {
     k->gemm[int(GgmlType::F16)] = gemm_f16_any;
     k->vec_dot[int(GgmlType::BF16)] = dot_bf16;
     k->vec_dot[int(GgmlType::Q4_0)] = dot_q4_0_q8_0;
-    k->vec_dot[int(GgmlType::Q4_1)] = q4_1_dot;
-    k->gemm[int(GgmlType::Q4_1)] = q4_1_gemm;
-    k->vec_dot[int(GgmlType::Q5_0)] = q5_0_dot;
-    k->gemm[int(GgmlType::Q5_0)] = q5_0_gemm;
+    k->vec_dot[int(GgmlType::Q4_1)] = dot_blocks<TileQ4_1, QK4_1>;
+    k->gemm[int(GgmlType::Q4_1)] = gemm_blocks<TileQ4_1, QK4_1>;
+    k->vec_dot[int(GgmlType::Q5_0)] = dot_blocks<TileQ5_0, QK5_0>;
+    k->gemm[int(GgmlType::Q5_0)] = gemm_blocks<TileQ5_0, QK5_0>;
     k->vec_dot[int(GgmlType::Q5_1)] = dot_q5_1_q8_1;
-    k->vec_dot[int(GgmlType::Q8_0)] = q8_0_dot;
-    k->gemm[int(GgmlType::Q8_0)] = q8_0_gemm;
+    k->vec_dot[int(GgmlType::Q8_0)] = dot_blocks<TileQ8_0, QK8_0>;
+    k->gemm[int(GgmlType::Q8_0)] = gemm_blocks<TileQ8_0, QK8_0>;
     k->vec_dot[int(GgmlType::Q2_K)] = dot_q2_K_q8_K;
     k->vec_dot[int(GgmlType::Q3_K)] = dot_q3_K_q8_K;
     k->vec_dot[int(GgmlType::Q4_K)] = dot_q4_K_q8_K;
-    k->gemm[int(GgmlType::Q4_K)] = q4_K_gemm;   // matrices only: vec_dot keeps the plain kernel
+    k->gemm[int(GgmlType::Q4_K)] = gemm_blocks<TileK<Q4_KKernels>, QK_K>;   // matrices only: vec_dot keeps the plain kernel
     k->vec_dot[int(GgmlType::Q5_K)] = dot_q5_K_q8_K;
     k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
-    k->gemm[int(GgmlType::Q6_K)] = q6_K_gemm;
+    k->gemm[int(GgmlType::Q6_K)] = gemm_blocks<TileK<Q6_KKernels>, QK_K>;
     k->quantize[int(GgmlType::Q8_0)] = quantize_q8_0;
     k->quantize[int(GgmlType::F16)] = quantize_f16;
     k->quantize[int(GgmlType::Q8_1)] = quantize_q8_1;
