@@ -7,8 +7,8 @@
 // [-127, 127] (our quantizers never produce -128), and |weight quant| <= 128, so a pair
 // sums to at most 2 * 128 * 127 = 32512.
 //
-// Q8_1 and Q8_K weights use the scalar kernels. Q4_1, Q5_0, Q8_0 and F16 also have
-// tiled kernels (several rows times several tokens) for matrix products.
+// Q8_1 and Q8_K weights use the scalar kernels. Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and F16 also
+// have tiled kernels (several rows times several tokens) for matrix products.
 #include "quant/quant-impl.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
