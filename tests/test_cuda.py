@@ -169,10 +169,18 @@ def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
         np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
 
 
-def test_restricted_gate_is_refused_clearly(gpu, synthetic_model):
+@pytest.mark.parametrize("layers, max_skip, cold_start", [([2, 4], 2, 1), ([1, 2, 5], 3, 2), ([3], 1, 1)])
+def test_restricted_gate_matches_cpu(gpu, synthetic_model, layers, max_skip, cold_start):
+    """ffn_skip whose gate may only leave out the listed FFNs: the same masks on both backends."""
     path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
-    with pytest.raises(ffnskip.FfnskipError, match="CPU backend only"):
-        _generate(path, "cuda", policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=1, warmup=0, layers=[2, 3])
+    skip = dict(policy="ffn_skip", threshold=-1.0, cold_start=cold_start, cold_end=1, warmup=1, refresh_every=4,
+                max_skip=max_skip, layers=layers)
+    want = _generate(path, "cpu", **skip)
+    got = _generate(path, "cuda", **skip)
+    masks = np.asarray(want.stats["skip_masks"])
+    assert masks.sum() > 0 and not masks[:, [l for l in range(6) if l not in layers]].any()
+    np.testing.assert_array_equal(got.stats["skip_masks"], want.stats["skip_masks"])
+    assert got.tokens == want.tokens
 
 
 def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):

@@ -87,6 +87,7 @@ void StepBlock::place(void* base, int32_t n_batch, int32_t n_layer) {
     skip_attn = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     skip_kv = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     skip_ffn = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
+    gate_allowed = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     cosines = reinterpret_cast<float*>(take(sizeof(float) * n_layer));
     bytes = off;
 }
@@ -404,7 +405,8 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         }
         mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn);
         if (device_skip)
-            cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.cosines, step_d_.rules, s);
+            cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,
+                                    step_d_.rules, s);
         else
             cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
     }
@@ -423,13 +425,11 @@ void CudaForward::write_step_plan(const SkipSchedule* skip) {
     r = cuda::GateRules{0, 0, -1, -1, 0, 1.0f, 0};
     for (int l = 0; l < n_layer; l++) {
         step_h_.skip_attn[l] = step_h_.skip_kv[l] = step_h_.skip_ffn[l] = 0;
+        step_h_.gate_allowed[l] = 1;
         step_h_.cosines[l] = NAN;
     }
     if (!skip) return;
     const SkipSchedule::StepPlan p = skip->step_plan();
-    if (p.gate_allowed)
-        throw Error("backend 'cuda': the ffn_skip gate restricted to a list of layers runs on the CPU backend only "
-                    "so far; use backend='cpu' or drop 'layers' from the ffn_skip settings");
     r.live = p.gate_live;
     r.first = p.gate_first;
     r.last = p.gate_last;
@@ -441,6 +441,7 @@ void CudaForward::write_step_plan(const SkipSchedule* skip) {
         step_h_.skip_attn[l] = layer_out;
         step_h_.skip_kv[l] = layer_out && l < p.exit_layer;   // skipdecode: exit layers still store keys/values
         step_h_.skip_ffn[l] = layer_out || p.ffn_skip[l];
+        step_h_.gate_allowed[l] = p.gate_allowed ? p.gate_allowed[l] : 1;
     }
 }
 

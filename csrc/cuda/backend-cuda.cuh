@@ -40,6 +40,7 @@ struct StepBlock {
     int32_t* skip_attn = nullptr;          // (n_layer) 1: attention of the layer left out
     int32_t* skip_kv = nullptr;            // (n_layer) 1: no keys/values stored either
     int32_t* skip_ffn = nullptr;           // (n_layer) 1: FFN left out (written by the gate too)
+    int32_t* gate_allowed = nullptr;       // (n_layer) 1: the gate may leave this FFN out
     float* cosines = nullptr;              // (n_layer) measured by the gate; NaN = not measured
     size_t bytes = 0;
     void place(void* base, int32_t n_batch, int32_t n_layer);

@@ -11,7 +11,7 @@ constexpr int GATE_THREADS = 1024;
 
 // One block: the residual is one token wide (n_embd elements).
 __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                                         float* cosines, GateRules* rules) {
+                                         const int32_t* gate_allowed, float* cosines, GateRules* rules) {
     if (ffn_skip[layer] != 0) return;
     __shared__ double scratch[32];
     double ab = 0.0, aa = 0.0, bb = 0.0;
@@ -32,17 +32,21 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
     cosines[layer] = (float)c;
     if (!rules->live || rules->spent || layer < rules->first || layer > rules->last) return;
     if (c >= (double)rules->threshold) {
-        const int last = min(layer + rules->max_skip, rules->stop);
-        for (int l = layer + 1; l <= last; l++) ffn_skip[l] = 1;
+        // the next max_skip FFNs the gate may leave out, cut at `stop`
+        for (int l = layer + 1, left = rules->max_skip; l <= rules->stop && left > 0; l++) {
+            if (!gate_allowed[l]) continue;
+            ffn_skip[l] = 1;
+            left--;
+        }
         rules->spent = 1;
     }
 }
 
 }  // namespace
 
-void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip, float* cosines,
-                       GateRules* rules, cudaStream_t stream) {
-    residual_add_gate_kernel<<<1, GATE_THREADS, 0, stream>>>(x, f, n, layer, ffn_skip, cosines, rules);
+void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, cudaStream_t stream) {
+    residual_add_gate_kernel<<<1, GATE_THREADS, 0, stream>>>(x, f, n, layer, ffn_skip, gate_allowed, cosines, rules);
     FFNSKIP_CUDA_LAUNCHED();
 }
 

@@ -20,11 +20,12 @@ struct GateRules {
 
 // For layer `layer`, unless ffn_skip[layer] != 0 (then nothing happens):
 //   x += f, cosines[layer] = cos(x after, x before) (double sums, as the CPU), and,
-//   when the rules allow and the cosine reaches the threshold, ffn_skip[layer + 1 ..
-//   min(layer + max_skip, stop)] = 1 and rules->spent = 1.
+//   when the rules allow and the cosine reaches the threshold, ffn_skip = 1 for the next
+//   max_skip layers l after `layer` with gate_allowed[l] != 0, none past `stop`, and
+//   rules->spent = 1.
 // Later kernels of those FFNs read their ffn_skip words and return at once.
-void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip, float* cosines,
-                       GateRules* rules, cudaStream_t stream);
+void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ffnskip
