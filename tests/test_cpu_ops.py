@@ -121,6 +121,22 @@ def test_swiglu_simd_close_to_scalar_and_position_free():
     np.testing.assert_array_equal(core._swiglu(g[5:], u[5:]), fast[5:])
 
 
+# ---- rmsnorm ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", PATHS)
+@pytest.mark.parametrize("n", [576, 1003, 5])
+def test_rmsnorm_matches_numpy(p, n):
+    rng = np.random.default_rng(n)
+    x = (rng.normal(0, 1, n) * np.exp(rng.uniform(-6, 6, n))).astype(np.float32)
+    w = rng.normal(0, 1, n).astype(np.float32)
+    with path(p):
+        got = core._rmsnorm(x, w, 1e-5)
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt(np.mean(x64 * x64) + 1e-5) * w
+    # The scale is rounded to float (1/sqrt in float), then two float products: 3 ulp.
+    np.testing.assert_allclose(got, want, rtol=4 * 2.0 ** -23, atol=0)
+
+
 # ---- attention ----------------------------------------------------------------------
 
 def attend_ref(q, k, v, n_keys0):

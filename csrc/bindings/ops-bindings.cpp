@@ -31,6 +31,16 @@ void bind_ops(py::module_& m) {
         py::arg("x"), "exp of each element (flattened), by the forward pass's kernel.");
 
     m.def(
+        "_rmsnorm",
+        [](const float_array& x, const float_array& w, float eps) {
+            if (x.size() != w.size() || x.size() == 0) throw std::invalid_argument("_rmsnorm: x and w must be equal, non-empty sizes");
+            py::array_t<float> out(x.size());
+            ffnskip::rmsnorm(out.mutable_data(), x.data(), w.data(), (int64_t)x.size(), eps);
+            return out;
+        },
+        py::arg("x"), py::arg("w"), py::arg("eps"), "x / sqrt(mean(x^2) + eps) * w, by the forward pass's kernel.");
+
+    m.def(
         "_swiglu",
         [](const float_array& gate, const float_array& up) {
             if (gate.size() != up.size()) throw std::invalid_argument("_swiglu: gate and up differ in size");

@@ -96,7 +96,12 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
                 for (int g = 0; g < group; g++) {
                     const float* q32 = s_.q.data() + (size_t)(t0 + t) * q_width + (size_t)(kvh * group + g) * hd;
                     float* q = qf + ((size_t)g * nt + t) * hd;
-                    for (int i = 0; i < hd; i++) q[i] = fp16_to_fp32(fp32_to_fp16(q32[i]));
+                    for (int i0 = 0; i0 < hd; i0 += 256) {
+                        uint16_t h[256];
+                        const int m = std::min(256, hd - i0);
+                        ak.to_f16(h, q32 + i0, m);
+                        ak.to_f32(q + i0, h, m);
+                    }
                 }
             }
             for (int g = 0; g < group; g++) {

@@ -14,6 +14,7 @@ void attn_softmax_avx2(float* s, int n);
 void attn_accum_avx2(float* out, const float* p, const float* v, int n_keys, int hd);
 void exp_row_avx2(float* out, const float* x, int64_t n);
 void swiglu_avx2(float* out, const float* gate, const float* up, int64_t n);
+void rmsnorm_avx2(float* out, const float* x, const float* w, int64_t n, float eps);
 
 static bool use_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -99,6 +100,7 @@ void vec_exp(float* out, const float* x, int64_t n) {
 }
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+    if (use_avx2()) return rmsnorm_avx2(out, x, w, n, eps);
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
     const float mean = (float)(sum / (double)n);

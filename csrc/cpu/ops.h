@@ -10,7 +10,8 @@
 
 namespace ffnskip {
 
-// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (sum of squares in double, as llama.cpp)
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (sum of squares in double, as llama.cpp;
+// the SIMD version sums in 8 lanes)
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 
 // Activation rows converted to a weight's vec_dot type (grown as needed, never shrunk),
