@@ -79,7 +79,7 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
             const int t0 = (int)(task % n_blocks) * ATTN_TOKENS;
             const int nt = std::min(ATTN_TOKENS, n - t0);
             // Rows up to the next multiple of 8 (cache rows past the last key hold
-            // finite leftovers or zeros; their scores are never used).
+            // leftovers or zeros; the lanes they fill are never used).
             const int rows = std::min((pos + t0 + nt + 7) / 8 * 8, n_ctx);
             // A thread's tasks come in order, so consecutive blocks of one KV head only
             // convert the rows they add.
