@@ -43,8 +43,14 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
 
     pool_decode_ = std::make_unique<ThreadPool>(n_threads);
     if (n_threads_batch != n_threads) pool_batch_ = std::make_unique<ThreadPool>(n_threads_batch);
-    const int max_threads = std::max(n_threads, n_threads_batch);
-    s_.scores.resize((size_t)max_threads * n_ctx);
+    const size_t max_threads = (size_t)std::max(n_threads, n_threads_batch);
+    const size_t ctx_pad = ((size_t)n_ctx + 7) / 8 * 8;
+    const size_t group = (size_t)(hp.n_head / hp.n_head_kv);
+    // Rows past n_ctx stay zero: the kernels read keys in groups of 8.
+    s_.att_kv.assign(max_threads * 2 * ctx_pad * hp.head_dim, 0.0f);
+    s_.att_conv.assign(max_threads * 2, -1);
+    s_.att_q.resize(max_threads * ATTN_TOKENS * group * hp.head_dim);
+    s_.scores.resize(max_threads * ATTN_TOKENS * ctx_pad);
 }
 
 void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) {
@@ -53,33 +59,56 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
     const int group = hp.n_head / hp.n_head_kv;   // query heads per key/value head
     const int q_width = hp.n_head * hd;
     const float scale = 1.0f / std::sqrt((float)hd);
-    const AttnKernels ak = attn_kernels();
-    // One task per (token, head); each token sees the cache up to its own position.
-    pool.parallel_for((int64_t)n * hp.n_head, 1, [&](int ith, int64_t b, int64_t e) {
-        float* att = s_.scores.data() + (size_t)ith * kv_.n_ctx;
+    const AttnKernels ak = attn_kernels(hd);
+    const int n_ctx = kv_.n_ctx;
+    const size_t ctx_pad = ((size_t)n_ctx + 7) / 8 * 8;
+    // One task per (KV head, block of ATTN_TOKENS tokens): its keys and values are
+    // converted to float once and read by all group * ATTN_TOKENS queries. Each token
+    // sees the cache up to its own position.
+    const int n_blocks = (n + ATTN_TOKENS - 1) / ATTN_TOKENS;
+    for (size_t i = 0; i < s_.att_conv.size(); i += 2) s_.att_conv[i] = -1;
+    pool.parallel_for((int64_t)hp.n_head_kv * n_blocks, 1, [&](int ith, int64_t b, int64_t e) {
+        float* kf = s_.att_kv.data() + (size_t)ith * 2 * ctx_pad * hd;
+        float* vf = kf + ctx_pad * hd;
+        float* qf = s_.att_q.data() + (size_t)ith * ATTN_TOKENS * group * hd;
+        float* scores = s_.scores.data() + (size_t)ith * ATTN_TOKENS * ctx_pad;
+        int32_t& conv_head = s_.att_conv[2 * ith];
+        int32_t& conv_rows = s_.att_conv[2 * ith + 1];
         for (int64_t task = b; task < e; task++) {
-            const int t = (int)(task / hp.n_head), h = (int)(task % hp.n_head);
-            const int kvh = h / group;
-            const int n_keys = pos + t + 1;
-            // The query is rounded to fp16 like the cached keys, as llama.cpp's
+            const int kvh = (int)(task / n_blocks);
+            const int t0 = (int)(task % n_blocks) * ATTN_TOKENS;
+            const int nt = std::min(ATTN_TOKENS, n - t0);
+            // Rows up to the next multiple of 8 (cache rows past the last key hold
+            // leftovers or zeros; the lanes they fill are never used).
+            const int rows = std::min((pos + t0 + nt + 7) / 8 * 8, n_ctx);
+            // A thread's tasks come in order, so consecutive blocks of one KV head only
+            // convert the rows they add.
+            if (conv_head != kvh) conv_head = kvh, conv_rows = 0;
+            for (int j = conv_rows; j < rows; j++) {
+                ak.to_f32(kf + (size_t)j * hd, kv_.k_at(layer, j) + kvh * hd, hd);
+                ak.to_f32(vf + (size_t)j * hd, kv_.v_at(layer, j) + kvh * hd, hd);
+            }
+            conv_rows = std::max(conv_rows, rows);
+            // The queries are rounded to fp16 like the cached keys, as llama.cpp's
             // F16-cache attention does; matching it keeps greedy output identical.
-            float q[1024];
-            const float* q32 = s_.q.data() + (size_t)t * q_width + (size_t)h * hd;
-            for (int i = 0; i < hd; i++) q[i] = fp16_to_fp32(fp32_to_fp16(q32[i]));
-            float max_score = -INFINITY;
-            for (int j = 0; j < n_keys; j++) {
-                att[j] = ak.dot_f16(q, kv_.k_at(layer, j) + kvh * hd, hd) * scale;
-                max_score = std::max(max_score, att[j]);
+            // qf: (group, nt, hd)
+            for (int t = 0; t < nt; t++) {
+                for (int g = 0; g < group; g++) {
+                    const float* q32 = s_.q.data() + (size_t)(t0 + t) * q_width + (size_t)(kvh * group + g) * hd;
+                    float* q = qf + ((size_t)g * nt + t) * hd;
+                    for (int i0 = 0; i0 < hd; i0 += 256) {
+                        uint16_t h[256];
+                        const int m = std::min(256, hd - i0);
+                        ak.to_f16(h, q32 + i0, m);
+                        ak.to_f32(q + i0, h, m);
+                    }
+                }
             }
-            double sum = 0.0;
-            for (int j = 0; j < n_keys; j++) {
-                att[j] = std::exp(att[j] - max_score);
-                sum += att[j];
+            for (int g = 0; g < group; g++) {
+                float* out = s_.att_out.data() + (size_t)t0 * q_width + (size_t)(kvh * group + g) * hd;
+                attend(ak, qf + (size_t)g * nt * hd, hd, nt, pos + t0 + 1, kf, vf, hd, scale, scores, ctx_pad, out,
+                       q_width);
             }
-            const float inv_sum = (float)(1.0 / sum);
-            float* out = s_.att_out.data() + (size_t)t * q_width + (size_t)h * hd;
-            std::fill(out, out + hd, 0.0f);
-            for (int j = 0; j < n_keys; j++) ak.axpy_f16(out, att[j] * inv_sum, kv_.v_at(layer, j) + kvh * hd, hd);
         }
     });
 }
@@ -92,7 +121,7 @@ void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos, bool
     const LayerWeights& L = m_.w.layers[il];
     const int kv_width = kv_.kv_width;
     const float* rope_ff = m_.w.rope_freq_factors.empty() ? nullptr : m_.w.rope_freq_factors.data();
-    const AttnKernels ak = attn_kernels();
+    const AttnKernels ak = attn_kernels(hp.head_dim);
     matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act, xb_converted);
     matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act, true);
     for (int t = 0; t < n; t++) {

@@ -33,7 +33,11 @@ struct RunState {
     std::vector<float> k;          // (n_batch, kv_width)
     std::vector<float> v;          // (n_batch, kv_width)
     std::vector<float> att_out;    // (n_batch, n_head * head_dim)
-    std::vector<float> scores;     // (n_threads, n_ctx) attention weights per thread
+    // Attention scratch per thread (ctx_pad = n_ctx rounded up to 8, tokens = ATTN_TOKENS):
+    std::vector<float> att_kv;     // (n_threads, 2, ctx_pad, head_dim) one KV head's keys, values as float
+    std::vector<int32_t> att_conv; // (n_threads, 2) which KV head att_kv holds, and how many rows
+    std::vector<float> att_q;      // (n_threads, tokens * group, head_dim) queries rounded to fp16
+    std::vector<float> scores;     // (n_threads, tokens, ctx_pad) attention weights
     std::vector<float> hb;         // (n_batch, n_ff) gate, then silu(gate) * up
     std::vector<float> hb2;        // (n_batch, n_ff) up
     std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
@@ -59,6 +63,7 @@ class CpuForward : public Backend {
     uint64_t kv_bytes() const { return (kv_.k.size() + kv_.v.size()) * sizeof(uint16_t); }
 
   private:
+    static constexpr int ATTN_TOKENS = 16;   // tokens whose queries share one pass over the keys
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
     void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
 

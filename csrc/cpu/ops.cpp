@@ -7,33 +7,100 @@ namespace ffnskip {
 
 // ---- attention inner loops ----------------------------------------------------------
 
-float dot_f32_f16_avx2(const float* q, const uint16_t* k, int n);
-void axpy_f16_avx2(float* out, float a, const uint16_t* v, int n);
 void fp32_to_fp16_row_avx2(uint16_t* dst, const float* src, int n);
+void fp16_to_fp32_row_avx2(float* dst, const uint16_t* src, int n);
+void attn_scores_avx2(float* s, const float* q, const float* k, int n_keys, int hd, float scale);
+void attn_softmax_avx2(float* s, int n);
+void attn_accum_avx2(float* out, const float* p, const float* v, int n_keys, int hd);
+void exp_row_avx2(float* out, const float* x, int64_t n);
+void swiglu_avx2(float* out, const float* gate, const float* up, int64_t n);
+void rmsnorm_avx2(float* out, const float* x, const float* w, int64_t n, float eps);
 
-static float dot_f32_f16_scalar(const float* q, const uint16_t* k, int n) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += q[i] * fp16_to_fp32(k[i]);
-    return sum;
-}
-
-static void axpy_f16_scalar(float* out, float a, const uint16_t* v, int n) {
-    for (int i = 0; i < n; i++) out[i] += a * fp16_to_fp32(v[i]);
+static bool use_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+    // simd_level() is "avx2" or better only after the CPUID/XGETBV check of F16C and FMA.
+    return simd_level()[0] == 'a';
+#else
+    return false;
+#endif
 }
 
 static void fp32_to_fp16_row_scalar(uint16_t* dst, const float* src, int n) {
     for (int i = 0; i < n; i++) dst[i] = fp32_to_fp16(src[i]);
 }
 
-AttnKernels attn_kernels() {
-#if defined(__x86_64__) || defined(__i386__)
-    // simd_level() is "avx2" or better only after the CPUID/XGETBV check of F16C and FMA.
-    if (simd_level()[0] == 'a') return {dot_f32_f16_avx2, axpy_f16_avx2, fp32_to_fp16_row_avx2};
-#endif
-    return {dot_f32_f16_scalar, axpy_f16_scalar, fp32_to_fp16_row_scalar};
+static void fp16_to_fp32_row_scalar(float* dst, const uint16_t* src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = fp16_to_fp32(src[i]);
+}
+
+static void attn_scores_scalar(float* s, const float* q, const float* k, int n_keys, int hd, float scale) {
+    for (int j = 0; j < n_keys; j++) {
+        const float* kj = k + (size_t)j * hd;
+        float sum = 0.0f;
+        for (int i = 0; i < hd; i++) sum += q[i] * kj[i];
+        s[j] = sum * scale;
+    }
+}
+
+static void attn_softmax_scalar(float* s, int n) {
+    float max_score = -INFINITY;
+    for (int j = 0; j < n; j++) max_score = std::max(max_score, s[j]);
+    double sum = 0.0;
+    for (int j = 0; j < n; j++) {
+        s[j] = std::exp(s[j] - max_score);
+        sum += s[j];
+    }
+    const float inv_sum = (float)(1.0 / sum);
+    for (int j = 0; j < n; j++) s[j] *= inv_sum;
+}
+
+static void attn_accum_scalar(float* out, const float* p, const float* v, int n_keys, int hd) {
+    for (int j = 0; j < n_keys; j++) {
+        const float* vj = v + (size_t)j * hd;
+        for (int i = 0; i < hd; i++) out[i] += p[j] * vj[i];
+    }
+}
+
+AttnKernels attn_kernels(int head_dim) {
+    if (use_avx2() && head_dim % 8 == 0) {
+        return {fp32_to_fp16_row_avx2, fp16_to_fp32_row_avx2, attn_scores_avx2, attn_softmax_avx2, attn_accum_avx2};
+    }
+    return {fp32_to_fp16_row_scalar, fp16_to_fp32_row_scalar, attn_scores_scalar, attn_softmax_scalar,
+            attn_accum_scalar};
+}
+
+void attend(const AttnKernels& ak, const float* q, size_t q_stride, int n_q, int n_keys0, const float* k,
+            const float* v, int hd, float scale, float* scores, size_t s_stride, float* out, size_t out_stride) {
+    // A tile of keys (about 16 KiB) serves every query before the next is read; the
+    // tiling only reorders independent outputs (scores) or continues each output's
+    // running sum in key order (values), so results equal one pass over all keys.
+    const int tile = std::max(8, (4096 / hd) & ~7);
+    const int max_keys = n_keys0 + n_q - 1;
+    for (int j0 = 0; j0 < max_keys; j0 += tile) {
+        for (int i = 0; i < n_q; i++) {
+            const int nk = std::min(tile, n_keys0 + i - j0);
+            if (nk > 0) ak.scores(scores + i * s_stride + j0, q + i * q_stride, k + (size_t)j0 * hd, nk, hd, scale);
+        }
+    }
+    for (int i = 0; i < n_q; i++) {
+        ak.softmax(scores + i * s_stride, n_keys0 + i);
+        std::fill(out + i * out_stride, out + i * out_stride + hd, 0.0f);
+    }
+    for (int j0 = 0; j0 < max_keys; j0 += tile) {
+        for (int i = 0; i < n_q; i++) {
+            const int nk = std::min(tile, n_keys0 + i - j0);
+            if (nk > 0) ak.accum(out + i * out_stride, scores + i * s_stride + j0, v + (size_t)j0 * hd, nk, hd);
+        }
+    }
+}
+
+void vec_exp(float* out, const float* x, int64_t n) {
+    if (use_avx2()) return exp_row_avx2(out, x, n);
+    for (int64_t i = 0; i < n; i++) out[i] = std::exp(x[i]);
 }
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+    if (use_avx2()) return rmsnorm_avx2(out, x, w, n, eps);
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
     const float mean = (float)(sum / (double)n);
@@ -112,6 +179,7 @@ void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_ba
 }
 
 void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+    if (use_avx2()) return swiglu_avx2(out, gate, up, n);
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i];
         out[i] = g / (1.0f + std::exp(-g)) * up[i];

@@ -10,7 +10,8 @@
 
 namespace ffnskip {
 
-// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (sum of squares in double, as llama.cpp)
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (sum of squares in double, as llama.cpp;
+// the SIMD version sums in 8 lanes)
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 
 // Activation rows converted to a weight's vec_dot type (grown as needed, never shrunk),
@@ -30,14 +31,34 @@ struct ActRows {
 void matmul(ThreadPool& pool, const WeightMatrix& W, const float* x, float* y, int n_tokens, ActRows& act,
             bool same_input = false);
 
-// fp16 inner loops of attention; attn_kernels() picks SIMD or scalar versions (the
-// choice honours set_force_scalar at the time of the call).
+// Inner loops of attention. Keys and values arrive as float rows of head_dim (fp16
+// cache rows converted once and shared by every query that reads them). Every output's
+// arithmetic depends only on its own inputs, never on how many queries or keys are
+// processed together, so a prompt batch and token-by-token decoding agree bit for bit.
+// attn_kernels(hd) picks SIMD or scalar versions (SIMD needs hd % 8 == 0; the choice
+// honours set_force_scalar at the time of the call).
 struct AttnKernels {
-    float (*dot_f16)(const float* q, const uint16_t* k, int n);      // sum q[i] * k[i]
-    void (*axpy_f16)(float* out, float a, const uint16_t* v, int n);  // out += a * v
-    void (*to_f16)(uint16_t* dst, const float* src, int n);           // round to nearest even
+    void (*to_f16)(uint16_t* dst, const float* src, int n);   // round to nearest even
+    void (*to_f32)(float* dst, const uint16_t* src, int n);
+    // s[j] = scale * (q . k_j) for j < n_keys. k: (round_up(n_keys, 8), hd), the rows
+    // past n_keys readable (any value); s: room for round_up(n_keys, 8).
+    void (*scores)(float* s, const float* q, const float* k, int n_keys, int hd, float scale);
+    // s[0..n) = softmax(s[0..n)); s: room for round_up(n, 8).
+    void (*softmax)(float* s, int n);
+    // out[0..hd) += sum over j < n_keys of p[j] * v_j, in key order. v: (n_keys, hd)
+    void (*accum)(float* out, const float* p, const float* v, int n_keys, int hd);
 };
-AttnKernels attn_kernels();
+AttnKernels attn_kernels(int head_dim);
+
+// Causal attention of n_q queries of one head: query i sees keys [0, n_keys0 + i).
+// q: (n_q, q_stride), k and v: (round_up(n_keys0 + n_q - 1, 8), hd) float rows,
+// scores: (n_q, s_stride) scratch with s_stride >= that row count, out: (n_q, out_stride).
+// Keys are taken in tiles that stay in L1 while every query reads them.
+void attend(const AttnKernels& ak, const float* q, size_t q_stride, int n_q, int n_keys0, const float* k,
+            const float* v, int hd, float scale, float* scores, size_t s_stride, float* out, size_t out_stride);
+
+// out[i] = exp(x[i]); the SIMD version is within ~2 ulp of std::exp.
+void vec_exp(float* out, const float* x, int64_t n);
 
 // One embedding row, decoded to float.
 void embedding_row(const WeightMatrix& table, int32_t token, float* out);
@@ -47,7 +68,8 @@ void embedding_row(const WeightMatrix& table, int32_t token, float* out);
 void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_base, float freq_scale,
           const float* freq_factors);
 
-// out = silu(gate) * up, elementwise.
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up, elementwise; each element's
+// result does not depend on n or its index (tails take the SIMD path too).
 void swiglu(float* out, const float* gate, const float* up, int64_t n);
 
 // x += f, returning cos(x + f, x) of the old x (double accumulators): the FFN-skip
