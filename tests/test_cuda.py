@@ -144,6 +144,19 @@ def test_unsupported_type_is_a_clear_error(gpu, synthetic_model):
         ffnskip.Session(path, n_ctx=32, backend="cuda")
 
 
+def test_out_of_memory_is_a_clear_error(gpu, synthetic_model):
+    """Buffers for a million-token batch through a 20480-wide FFN (about 210 GB) cannot
+    fit: the error gives what was needed, the parts, and what is free, and the GPU stays
+    usable."""
+    path = str(synthetic_model(n_embd=64, n_layer=1, n_head=2, n_ff=20480, weight_type="F16"))
+    with pytest.raises(ffnskip.FfnskipError, match=r"out of GPU memory: the CUDA backend needs [0-9.]+ GiB of GPU "
+                       r"memory \(weights [0-9.]+ GiB, KV cache [0-9.]+ GiB, buffers [0-9.]+ GiB\) but only "
+                       r"[0-9.]+ GiB of [0-9.]+ GiB are free; lower n_ctx or n_batch"):
+        ffnskip.Session(path, n_ctx=1 << 20, n_batch=1 << 20, backend="cuda")
+    ok = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    assert np.isfinite(ok.eval(IDS)).all()
+
+
 def _generate(path, backend, **skip):
     s = ffnskip.Session(path, n_ctx=128, backend=backend)
     return s.generate(IDS[:7], max_tokens=24, temperature=0, skip=dict(record_masks=True, record_cosines=True, **skip))
