@@ -27,16 +27,16 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def run(type_name: str, n_layer: int, steps: int, out: pathlib.Path) -> None:
     sys.path.insert(0, str(REPO / "bench"))
-    import bench_cuda
+    import random_model
 
     import ffnskip
 
     os.environ["FFNSKIP_CUDA_GRAPH"] = "0"
-    n_embd, _, n_head, n_ff = bench_cuda.SHAPES["13b"]
+    n_embd, _, n_head, n_ff = random_model.SHAPES["13b"]
     shape = (n_embd, n_layer, n_head, n_ff)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile-{type_name}.gguf"
-    bench_cuda.write_model(path, shape, type_name)
+    random_model.write_model(path, shape, type_name)
     s = ffnskip.Session(str(path), n_ctx=256, backend="cuda")
     s.generate([1, 500, 2000, 7000], max_tokens=steps, temperature=0, ignore_eos=True)
     path.unlink()
