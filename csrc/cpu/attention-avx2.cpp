@@ -5,7 +5,7 @@
 #include <cmath>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include "cpu/simd-avx2.h"
+#include "quant/simd-avx2.h"
 
 namespace ffnskip {
 

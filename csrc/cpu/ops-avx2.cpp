@@ -6,7 +6,7 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <cmath>
 
-#include "cpu/simd-avx2.h"
+#include "quant/simd-avx2.h"
 
 namespace ffnskip {
 

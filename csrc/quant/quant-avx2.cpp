@@ -16,14 +16,9 @@
 
 #include <vector>
 
-namespace ffnskip {
+#include "quant/simd-avx2.h"
 
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+namespace ffnskip {
 
 static inline int hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -104,7 +99,7 @@ static float dot_q4_0_q8_0(int64_t n, const void* vw, const void* va) {
         const __m256i s = pairs16_to_32(mul_i8_pairs16(q, load256(y[i].qs)));
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(s), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return hsum_avx2(_mm256_add_ps(acc0, acc1));
 }
 
 // Two adjacent fp16 values ((d, m) of a weight block, (d, s) of a Q8_1 block) as floats
@@ -140,7 +135,7 @@ static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
         acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), _mm256_cvtepi32_ps(s), acc);
         acc_m = _mm_add_ps(acc_m, p);
     }
-    return hsum_ps(acc) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
+    return hsum_avx2(acc) + _mm_cvtss_f32(_mm_shuffle_ps(acc_m, acc_m, 1));
 }
 
 // ---- K-quants (256-element super-blocks against Q8_K) ---------------------------------
@@ -199,7 +194,7 @@ static float dot_q4_K_q8_K(int64_t n, const void* vw, const void* va) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - acc_m;
+    return hsum_avx2(acc) - acc_m;
 }
 
 static float dot_q5_K_q8_K(int64_t n, const void* vw, const void* va) {
@@ -231,7 +226,7 @@ static float dot_q5_K_q8_K(int64_t n, const void* vw, const void* va) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - acc_m;
+    return hsum_avx2(acc) - acc_m;
 }
 
 static float dot_q6_K_q8_K(int64_t n, const void* vw, const void* va) {
@@ -270,7 +265,7 @@ static float dot_q6_K_q8_K(int64_t n, const void* vw, const void* va) {
         sumi = _mm256_sub_epi32(sumi, offset);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc);
+    return hsum_avx2(acc);
 }
 
 static float dot_q2_K_q8_K(int64_t n, const void* vw, const void* va) {
@@ -300,7 +295,7 @@ static float dot_q2_K_q8_K(int64_t n, const void* vw, const void* va) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - acc_m;
+    return hsum_avx2(acc) - acc_m;
 }
 
 static float dot_q3_K_q8_K(int64_t n, const void* vw, const void* va) {
@@ -335,7 +330,7 @@ static float dot_q3_K_q8_K(int64_t n, const void* vw, const void* va) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc);
+    return hsum_avx2(acc);
 }
 
 // ---- float formats (float accumulators; the scalar reference sums in double) -----------
@@ -352,7 +347,7 @@ static float dot_f32(int64_t n, const void* vw, const void* va) {
         a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
     }
     for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
-    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    float sum = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     for (; i < n; i++) sum += x[i] * y[i];
     return sum;
 }
@@ -373,7 +368,7 @@ static float dot_f16(int64_t n, const void* vw, const void* va) {
         a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), load_f16x8(y + i + 24), a3);
     }
     for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
-    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    float sum = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
     return sum;
 }
@@ -395,7 +390,7 @@ static float dot_bf16(int64_t n, const void* vw, const void* va) {
         a3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), load_bf16x8(y + i + 24), a3);
     }
     for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
-    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    float sum = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     for (; i < n; i++) sum += bf16_bits_to_float(x[i]) * bf16_bits_to_float(y[i]);
     return sum;
 }
@@ -560,7 +555,7 @@ struct TileQ4_1 {
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) {
                 const __m128 m = acc_m[r][c];
-                y[c * ys + r] = hsum_ps(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
+                y[c * ys + r] = hsum_avx2(acc[r][c]) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 1));
             }
     }
 };
@@ -595,7 +590,7 @@ struct TileSigned {
             }
         }
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+            for (int c = 0; c < C; c++) y[c * ys + r] = hsum_avx2(acc[r][c]);
     }
 };
 
@@ -672,7 +667,7 @@ static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
         }
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]) - acc_m[r][c];
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_avx2(acc[r][c]) - acc_m[r][c];
 }
 template <int R, int C>
 static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
@@ -720,7 +715,7 @@ static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
         }
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_avx2(acc[r][c]);
 }
 // K-quant tiles, 2 x 4; the 1 x 1 tile is the plain dot product, which gives the same bits.
 // F names the format's dot product and tile template.
@@ -760,7 +755,7 @@ static void tile_f16_f32(int64_t n8, const uint8_t* w, size_t ws, const uint8_t*
         }
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_ps(acc[r][c]);
+        for (int c = 0; c < C; c++) y[c * ys + r] = hsum_avx2(acc[r][c]);
 }
 
 struct TileF16 {
@@ -779,7 +774,7 @@ static float dot_f16_f16(int64_t n8, const uint16_t* w, const uint16_t* a) {
         for (int k = 0; k < 4; k++) acc = _mm256_fmadd_ps(load_f16x8(w + 8 * (i + k)), load_f16x8(a + 8 * (i + k)), acc);
     }
     for (; i < n8; i++) acc = _mm256_fmadd_ps(load_f16x8(w + 8 * i), load_f16x8(a + 8 * i), acc);
-    return hsum_ps(acc);
+    return hsum_avx2(acc);
 }
 
 // F16 rows whose length is not a multiple of 8 keep the plain loop.

@@ -1,4 +1,4 @@
-// Inline AVX2 + FMA helpers shared by the *-avx2.cpp kernels of csrc/cpu. Include
+// Inline AVX2 + FMA helpers shared by the *-avx2.cpp kernels (csrc/quant, csrc/cpu). Include
 // only from files compiled with -mavx2 -mfma -mf16c.
 #pragma once
 
