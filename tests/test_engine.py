@@ -64,8 +64,18 @@ def test_mixed_types_match_reference(synthetic_model):
     assert np.abs(got - expected).max() / expected.std() < REL_TOL_QUANT
 
 
-def test_prefill_equals_token_by_token(synthetic_model):
-    """Batched prompt processing and one-token decoding compute the same numbers."""
+@pytest.mark.parametrize("scalar", [False, True], ids=["simd", "scalar"])
+def test_prefill_equals_token_by_token(synthetic_model, scalar):
+    """Batched prompt processing and one-token decoding compute the same numbers, on the
+    SIMD kernels and on the scalar reference ones."""
+    prev = ffnskip._core._set_force_scalar(scalar)
+    try:
+        _prefill_equals_token_by_token(synthetic_model)
+    finally:
+        ffnskip._core._set_force_scalar(prev)
+
+
+def _prefill_equals_token_by_token(synthetic_model):
     path = synthetic_model(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, weight_type="Q4_1", seed=1)
     batch = ffnskip.Session(str(path), n_ctx=64, n_threads=2).eval(IDS, all_logits=True)
     single = ffnskip.Session(str(path), n_ctx=64, n_threads=1)
