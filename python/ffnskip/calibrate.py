@@ -25,7 +25,6 @@ labelled as such.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import pathlib
@@ -35,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .jsonfile import write_json_atomic
 from .progress import Progress
 
 PROFILE_FORMAT = "ffnskip-calibration"
@@ -473,21 +473,7 @@ def calibrate(
 # ---- profile files -----------------------------------------------------------------
 def save_profile(profile: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a profile as JSON (atomically: a temporary file beside it, then a rename)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile, f, indent=1, allow_nan=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    write_json_atomic(profile, path, allow_nan=False)
 
 
 def sample_text() -> str:

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from . import agreement, collapse, data, metrics, mtbench, perplexity, qa, summarize
+from ..jsonfile import write_json_atomic
 from .common import PROMPT_PRUNING, Accum, Cell, Progress, Settings
 
 TASKS = ("ppl", "agreement", "qa", "summarize", "mtbench", "collapse")
@@ -336,24 +337,7 @@ def _summary(cells: Sequence[Cell], by_task: dict[str, dict[str, Any]]) -> dict[
 
 
 def write_json(results: dict[str, Any], path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, default=_json_default, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    write_json_atomic(results, path, allow_nan=True)
 
 
 # ---- the table --------------------------------------------------------------------
