@@ -16,7 +16,11 @@ gate opens at its first layer every step). It prints, per run:
 The bandwidth is measured first (a device-to-device copy and a read-only reduction
 through PyTorch or CuPy when one is installed; else --bandwidth), and the higher of the
 two is the roofline's. With --variants each model's dense decode is also measured
-with other launch settings (unfused: one launch per matrix), to show what each gains.
+with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; 8-bit
+activations for Q4_K and Q8_0; programmatic dependent launch; all three together, which
+is also measured with skipping), to show what each choice gains. With --context N the
+dense decode is also measured after an N-token prompt, where the KV cache read per step
+counts in the roofline.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
 with small fp16 scales, as the tests make K-quant blocks.
 """
@@ -36,7 +40,14 @@ import ffnskip  # noqa: E402
 from random_model import BLOCKS, N_VOCAB, SHAPES, write_model  # noqa: E402
 
 # Launch variants measured on the dense model with --variants (environment of the session).
-VARIANTS = {"unfused": {"FFNSKIP_CUDA_FUSE": "0"}}
+VARIANTS = {
+    "unfused": {"FFNSKIP_CUDA_FUSE": "0"},
+    "rows4": {"FFNSKIP_CUDA_MV_ROWS": "4"},
+    "q8x": {"FFNSKIP_CUDA_Q8X": "1"},
+    "pdl": {"FFNSKIP_CUDA_PDL": "1"},
+    "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1"},
+}
+Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
 
 
 def bytes_per_token(shape, type_name, skipped_ffns=0):
@@ -50,6 +61,12 @@ def bytes_per_token(shape, type_name, skipped_ffns=0):
     attn = 4 * n_embd * n_embd * per_elem
     ffn = 3 * n_embd * n_ff * per_elem
     return n_layer * attn + (n_layer - skipped_ffns) * ffn + N_VOCAB * n_embd * per_elem
+
+
+def kv_bytes_per_token(shape, n_keys):
+    """F16 keys and values one decode step reads at a context of n_keys tokens."""
+    n_embd, n_layer = shape[:2]
+    return n_layer * n_keys * n_embd * 2 * 2
 
 
 def measure_bandwidth(n_bytes=4 << 30):
@@ -84,9 +101,9 @@ def measure_bandwidth(n_bytes=4 << 30):
     return max(copy, read), f"torch: copy {copy / 1e12:.2f} TB/s (read + write), read-only sum {read / 1e12:.2f} TB/s"
 
 
-def decode_speed(session, n_tokens, skip):
+def decode_speed(session, n_tokens, skip, prompt=(1, 500, 2000, 7000)):
     session.reset()
-    r = session.generate([1, 500, 2000, 7000], max_tokens=n_tokens, temperature=0, ignore_eos=True, skip=skip)
+    r = session.generate(list(prompt), max_tokens=n_tokens, temperature=0, ignore_eos=True, skip=skip)
     assert len(r.tokens) == n_tokens, len(r.tokens)
     return r.stats["decode_tokens_per_second"], r.stats.get("skip_ratio_after_warmup", r.stats.get("skip_ratio"))
 
@@ -103,6 +120,8 @@ def main():
                     help="memory bandwidth in bytes/s when it cannot be measured (H200 datasheet: 4.8e12)")
     ap.add_argument("--variants", default="", help="also measure the dense model with these launch variants: "
                     + ", ".join(f"{k} ({' '.join(f'{a}={b}' for a, b in v.items())})" for k, v in VARIANTS.items()))
+    ap.add_argument("--context", type=int, default=0,
+                    help="also measure dense decode after a prompt of this many tokens (0: not)")
     ap.add_argument("--max-seconds", type=float, default=1e9, help="start no new model after this many seconds")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--markdown", help="also write a markdown table here")
@@ -133,7 +152,8 @@ def main():
             write_model(path, shape, type_name)
             print(f"# {path.name}: {path.stat().st_size / 2**30:.1f} GiB written in {time.time() - t0:.0f} s", flush=True)
             t0 = time.time()
-            session = ffnskip.Session(str(path), n_ctx=512, backend="cuda")
+            n_ctx = max(512, args.context + args.tokens + 8)
+            session = ffnskip.Session(str(path), n_ctx=n_ctx, backend="cuda")
             print(f"# loaded and uploaded in {time.time() - t0:.1f} s", flush=True)
             settings = {
                 "full": (None, 0),
@@ -145,10 +165,13 @@ def main():
             del session
             for variant in filter(None, args.variants.split(",")):
                 env = VARIANTS[variant]
+                if variant == "q8x" and type_name not in Q8X_TYPES:
+                    continue
                 os.environ.update(env)
                 try:
-                    session = ffnskip.Session(str(path), n_ctx=512, backend="cuda")
-                    results += measure(session, shape_name, shape, type_name, {"full": settings["full"]}, args, variant)
+                    session = ffnskip.Session(str(path), n_ctx=n_ctx, backend="cuda")
+                    measured = settings if variant == "all" else {"full": settings["full"]}
+                    results += measure(session, shape_name, shape, type_name, measured, args, variant)
                     del session
                 finally:
                     for k in env:
@@ -204,6 +227,19 @@ def measure(session, shape_name, shape, type_name, settings, args, launches):
                  if skipped else "")
         print(f"{shape_name:4} {type_name:5} {launches:7} {name:9} {tps:8.1f} tok/s  roofline {roof:8.1f}  "
               f"fraction {tps / roof:.3f}  skip {row['skip_ratio']}{extra}", flush=True)
+    if args.context and launches in ("default", "all"):
+        # Dense decode after a long prompt: the roofline counts the KV cache read at the
+        # middle position of the measured steps.
+        prompt = [int(t) for t in np.random.default_rng(2).integers(1000, N_VOCAB, args.context)]
+        runs = [decode_speed(session, args.tokens, None, prompt)[0] for _ in range(args.repeats)]
+        tps = float(np.median(runs))
+        step_bytes = bytes_per_token(shape, type_name) + kv_bytes_per_token(shape, args.context + args.tokens // 2)
+        roof = args.bandwidth / step_bytes
+        name = f"ctx{args.context}"
+        rows.append(dict(shape=shape_name, type=type_name, variant=launches, setting=name, tokens_per_s=tps,
+                         roofline=roof, fraction=tps / roof, skip_ratio=0.0, runs=runs))
+        print(f"{shape_name:4} {type_name:5} {launches:7} {name:9} {tps:8.1f} tok/s  roofline {roof:8.1f}  "
+              f"fraction {tps / roof:.3f}", flush=True)
     return rows
 
 

@@ -71,6 +71,36 @@ bool cuda_device_available(std::string* why) {
     return cuda::cublas_api(why) != nullptr;
 }
 
+// Decode kernel settings from the environment, for benchmarks and tests:
+// FFNSKIP_CUDA_PDL=1 programmatic dependent launch (compute capability 9.0 and newer),
+// FFNSKIP_CUDA_MV_ROWS=2|4 matrix rows per warp, FFNSKIP_CUDA_Q8X=1 Q4_K and Q8_0
+// products with 8-bit activations.
+static cuda::Launch decode_settings(cuda::Launch base, int device) {
+    auto flag = [](const char* name) { const char* v = std::getenv(name); return v && std::strcmp(v, "1") == 0; };
+    if (flag("FFNSKIP_CUDA_PDL")) {
+        int major = 0;
+        FFNSKIP_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+        base.pdl = major >= 9;
+    }
+    if (const char* rows = std::getenv("FFNSKIP_CUDA_MV_ROWS")) {
+        if (std::strcmp(rows, "2") != 0 && std::strcmp(rows, "4") != 0)
+            throw std::invalid_argument(std::string("FFNSKIP_CUDA_MV_ROWS must be 2 or 4, not '") + rows + "'");
+        base.mv_rows = std::atoi(rows);
+    }
+    base.q8_activations = flag("FFNSKIP_CUDA_Q8X");
+    return base;
+}
+
+// FFNSKIP_CUDA_ATTN_SPLIT=1: decode attention cuts each head's keys into ranges, about
+// four blocks per SM over all heads (2 to 32 ranges per head); else one block per head.
+static int attention_splits(int n_head, int device) {
+    const char* v = std::getenv("FFNSKIP_CUDA_ATTN_SPLIT");
+    if (!v || std::strcmp(v, "1") != 0) return 0;
+    int sms = 0;
+    FFNSKIP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return std::clamp((4 * sms + n_head - 1) / n_head, 2, 32);
+}
+
 std::unique_ptr<Backend> make_cuda_backend(const Model::Impl& model, const BackendParams& params) {
     return std::make_unique<CudaForward>(model, params);
 }
@@ -109,6 +139,8 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     if (!blas_) throw Error("backend 'cuda': " + why);
     FFNSKIP_CUDA_CHECK(cudaSetDevice(device_));
     FFNSKIP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    launch_.stream = stream_;
+    decode_launch_ = decode_settings(launch_, device_);
     try {
         allocate_and_upload();
     } catch (...) {
@@ -191,7 +223,10 @@ void CudaForward::allocate_and_upload() {
     const size_t kv_bytes = 2 * align_up((size_t)hp.n_layer * n_ctx_ * kv_width_ * sizeof(__half));
     // De-quantized tiles for the prompt GEMMs: at most 32 Mi elements (64 MiB).
     tile_elems_ = std::min<int64_t>(max_quant_elems, (int64_t)32 << 20);
-    const size_t buffer_bytes = 3 * align_up(nb * hp.n_embd * 4) + 2 * align_up(nb * q_width * 4) +
+    attn_splits_.n_splits = attention_splits(hp.n_head, device_);
+    const size_t split_bytes =
+        attn_splits_.n_splits ? align_up(cuda::AttentionSplits::bytes(hp.n_head, hp.head_dim, attn_splits_.n_splits)) : 0;
+    const size_t buffer_bytes = split_bytes + 3 * align_up(nb * hp.n_embd * 4) + 2 * align_up(nb * q_width * 4) +
                                 2 * align_up(nb * kv_width_ * 4) + 2 * align_up(nb * hp.n_ff * 4) +
                                 align_up(nb * hp.n_vocab * 4) + align_up(nb * max_in * 2) +
                                 align_up((size_t)tile_elems_ * 2);
@@ -279,6 +314,13 @@ void CudaForward::allocate_and_upload() {
     act16_ = take(nb * max_in * 2);
     tile_ = static_cast<__half*>(take((size_t)tile_elems_ * 2));
     step_d_.place(take(step_d_.bytes), n_batch_, hp.n_layer);
+    if (attn_splits_.n_splits) {
+        void* ws = take(cuda::AttentionSplits::bytes(hp.n_head, hp.head_dim, attn_splits_.n_splits));
+        attn_splits_.partial = static_cast<float*>(ws);
+        attn_splits_.done = reinterpret_cast<unsigned*>(attn_splits_.partial +
+                                                        (size_t)hp.n_head * attn_splits_.n_splits * (hp.head_dim + 2));
+        FFNSKIP_CUDA_CHECK(cudaMemset(attn_splits_.done, 0, (size_t)hp.n_head * sizeof(unsigned)));
+    }
     if (off > need) throw Error("CUDA backend: internal error: buffer layout overflow");
 
     // Pinned host mirrors: the per-token copies run asynchronously.
@@ -292,9 +334,10 @@ void CudaForward::allocate_and_upload() {
 
 // ---- matrix products ---------------------------------------------------------------
 
-void CudaForward::mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip) {
+void CudaForward::mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip,
+                          const cuda::Launch& s) {
     if (n == 1) {
-        cuda::matvec(W, x, y, skip, stream_);
+        cuda::matvec(W, x, y, skip, s);
         return;
     }
     if (skip) throw Error("CUDA backend: internal error: a batched product cannot read a skip word");
@@ -347,18 +390,19 @@ void CudaForward::gemm(const cuda::DeviceMatrix& W, const float* x, float* y, in
 // ---- the forward pass --------------------------------------------------------------
 
 // q, k, v of one layer from xb_: for one token in as few launches as their types allow.
-void CudaForward::project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv) {
+void CudaForward::project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv,
+                              const cuda::Launch& s) {
     const cuda::DeviceMatrix* W[3] = {&L.wq, &L.wk, &L.wv};
     float* y[3] = {q_, k_, v_};
     const int* skip[3] = {skip_attn, skip_kv, skip_kv};
     if (n > 1 || !fuse_) {
-        for (int i = 0; i < 3; i++) mul_mat(*W[i], xb_, y[i], n, skip[i]);
+        for (int i = 0; i < 3; i++) mul_mat(*W[i], xb_, y[i], n, skip[i], s);
         return;
     }
     for (int i = 0; i < 3;) {
         int j = i + 1;
         while (j < 3 && cuda::fusable(*W[i], *W[j])) j++;
-        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, stream_);
+        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s);
         i = j;
     }
 }
@@ -366,7 +410,7 @@ void CudaForward::project_qkv(const CudaLayer& L, int32_t n, const int* skip_att
 void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip) {
     const HParams& hp = m_.hp;
     const int64_t D = hp.n_embd;
-    cudaStream_t s = stream_;
+    const cuda::Launch& s = device_skip ? decode_launch_ : launch_;
     const int* pos = step_d_.pos;
 
     cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, s);
@@ -379,14 +423,15 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
 
         // ---- attention: h = x + Wo attn(norm(x)); keys/values also for skipdecode's exit layers ----
         cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, skip_kv, s);
-        project_qkv(L, n, skip_attn, skip_kv);
+        project_qkv(L, n, skip_attn, skip_kv, s);
         cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_, hp.n_head,
                             skip_attn);
-        cuda::attention(q_, k_cache(il), v_cache(il), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, pos, skip_attn, s);
+        cuda::attention(q_, k_cache(il), v_cache(il), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, pos, skip_attn, s,
+                        &attn_splits_);
         if (n == 1 && fuse_) {
             cuda::matvec_accumulate(L.wo, att_, x_, skip_attn, s);
         } else {
-            mul_mat(L.wo, att_, xb2_, n, skip_attn);
+            mul_mat(L.wo, att_, xb2_, n, skip_attn, s);
             cuda::add_inplace(x_, xb2_, n * D, skip_attn, s);
         }
 
@@ -399,11 +444,11 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         if (n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up)) {
             cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, s);
         } else {
-            mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn);
-            mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn);
+            mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn, s);
+            mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn, s);
             cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, s);
         }
-        mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn);
+        mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn, s);
         if (device_skip)
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,
                                     step_d_.rules, s);
@@ -415,7 +460,7 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
     const int first = all_logits ? 0 : n - 1;
     const int rows = n - first;
     cuda::rmsnorm(xb_, x_ + (int64_t)first * D, output_norm_, rows, D, hp.rms_eps, nullptr, s);
-    mul_mat(output_, xb_, logits_, rows, nullptr);
+    mul_mat(output_, xb_, logits_, rows, nullptr, s);
 }
 
 // The step's plan from the schedule (or the full model) into the pinned step block.

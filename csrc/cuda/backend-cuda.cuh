@@ -18,8 +18,10 @@
 #include <vector>
 
 #include "backend.h"
+#include "cuda/attention.cuh"
 #include "cuda/cublas-dl.h"
 #include "cuda/gemv.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/rope.cuh"
 #include "cuda/skip-gate.cuh"
 
@@ -66,9 +68,10 @@ class CudaForward : public Backend {
     // kernel reads its skip word (decode steps, graph-capturable); otherwise `prompt_skip`
     // (may be null) decides on the host which blocks are launched.
     void encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip);
-    void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip);
+    void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip,
+                 const cuda::Launch& s);
     void gemm(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);
-    void project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv);
+    void project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv, const cuda::Launch& s);
     void write_step_plan(const SkipSchedule* skip);
     __half* k_cache(int layer) const { return k_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
     __half* v_cache(int layer) const { return v_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
@@ -77,6 +80,8 @@ class CudaForward : public Backend {
     int32_t n_ctx_ = 0, n_batch_ = 0, kv_width_ = 0;
     int device_ = 0;
     cudaStream_t stream_ = nullptr;
+    cuda::Launch launch_;          // prompt batches: stream_, default kernel settings
+    cuda::Launch decode_launch_;   // decode steps: stream_, the settings of decode_settings()
     const cuda::CublasApi* blas_ = nullptr;
     cublasHandle_t blas_handle_ = nullptr;
     bool use_graph_ = true;
@@ -100,6 +105,7 @@ class CudaForward : public Backend {
     __half* tile_ = nullptr;                // (tile_elems_) de-quantized weight rows
     int64_t tile_elems_ = 0;
     StepBlock step_d_;                      // device
+    cuda::AttentionSplits attn_splits_;     // decode attention work space (n_splits 0: none)
 
     // Pinned host memory.
     void* step_host_mem_ = nullptr;

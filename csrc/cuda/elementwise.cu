@@ -1,6 +1,7 @@
 #include "cuda/elementwise.cuh"
 
 #include "cuda/cuda-common.cuh"
+#include "cuda/launch.cuh"
 
 namespace ffnskip {
 namespace cuda {
@@ -8,6 +9,7 @@ namespace cuda {
 namespace {
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n, const int* skip) {
+    wait_for_inputs();
     if (skipped(skip)) return;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -16,6 +18,7 @@ __global__ void swiglu_kernel(float* out, const float* gate, const float* up, in
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n, const int* skip) {
+    wait_for_inputs();
     if (skipped(skip)) return;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
@@ -35,14 +38,12 @@ unsigned blocks(int64_t n) { return (unsigned)((n + 255) / 256); }
 
 }  // namespace
 
-void swiglu(float* out, const float* gate, const float* up, int64_t n, const int* skip, cudaStream_t stream) {
-    swiglu_kernel<<<blocks(n), 256, 0, stream>>>(out, gate, up, n, skip);
-    FFNSKIP_CUDA_LAUNCHED();
+void swiglu(float* out, const float* gate, const float* up, int64_t n, const int* skip, const Launch& l) {
+    launch(l, swiglu_kernel, blocks(n), 256, 0, out, gate, up, n, skip);
 }
 
-void add_inplace(float* x, const float* y, int64_t n, const int* skip, cudaStream_t stream) {
-    add_kernel<<<blocks(n), 256, 0, stream>>>(x, y, n, skip);
-    FFNSKIP_CUDA_LAUNCHED();
+void add_inplace(float* x, const float* y, int64_t n, const int* skip, const Launch& l) {
+    launch(l, add_kernel, blocks(n), 256, 0, x, y, n, skip);
 }
 
 void to_f16(__half* out, const float* x, int64_t n, cudaStream_t stream) {

@@ -5,7 +5,11 @@
 // decoder (quant-ref.cpp) forms them: scale products in float, then times the quant.
 #include "cuda/gemv.cuh"
 
+#include <algorithm>
+#include <string>
+
 #include "cuda/cuda-common.cuh"
+#include "cuda/launch.cuh"
 
 namespace ffnskip {
 namespace cuda {
@@ -150,22 +154,29 @@ __device__ __forceinline__ void load_unit(const uint8_t* row, int64_t u, float (
 
 // ---- matrix-vector products --------------------------------------------------------
 //
-// A block of MV_WARPS warps takes MV_ROWS consecutive rows per warp, all of one matrix
-// of the launch (a launch fuses up to three matrices that read the same x). Two work
+// A block of MV_WARPS warps takes ROWS consecutive rows per warp, all of one matrix of
+// the launch (a launch fuses up to three matrices that read the same x). Two work
 // splits keep a warp's loads contiguous:
 // - dense types (F32, F16, BF16): lane i takes elements 8i .. 8i+7 of every 256-element
 //   chunk, so a warp reads 256 consecutive weights and x values per step;
 // - block types: lane i takes 32-element units i, i+32, ... (neighbouring lanes read
-//   neighbouring blocks) and x is staged once per block in shared memory as F16, each
-//   unit padded by 16 bytes so that the lanes' 16-byte reads hit distinct banks.
-// Each row of a warp shares the x values loaded for it.
+//   neighbouring blocks) and x is staged once per block in shared memory, each unit
+//   padded by 16 bytes so that the lanes' 16-byte reads hit distinct banks. x is staged
+//   as F16, or for Q4_K and Q8_0 (Q8X) as 8-bit integers with one scale per unit, as
+//   llama.cpp's Q8_0 activations, so that the dot products are integer (dp4a): a float
+//   dot product costs about five instructions per weight, more than the memory allows.
+// Each row of a warp shares the x values loaded for it; the last warp of a matrix
+// repeats its last row rather than branching inside the loop.
 
 constexpr int MV_WARPS = 4;
-constexpr int MV_ROWS = 2;
-constexpr int XS_UNIT = UNIT + 8;   // halves per staged unit: 32 values + 16 bytes of padding
+constexpr int XS_UNIT = UNIT + 8;    // halves per F16-staged unit: 32 values + 16 bytes of padding
+constexpr int XQ_UNIT = UNIT + 16;   // bytes per 8-bit-staged unit: 32 values + 16 bytes of padding
 
 template <GgmlType T>
 __host__ __device__ constexpr bool dense_type() { return T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16; }
+
+template <GgmlType T>
+__host__ __device__ constexpr bool has_q8x() { return T == GgmlType::Q4_K || T == GgmlType::Q8_0; }
 
 // Eight weights at element e (a multiple of 8) of a dense row.
 template <GgmlType T>
@@ -193,43 +204,48 @@ __device__ __forceinline__ float byte_to_float(uint32_t v, int b) {
     return __int_as_float((int)__byte_perm(v, 0x4B000000u, 0x7650u + b)) - 8388608.0f;
 }
 
-// Dot product of unit u of a row with the staged x (32 values as F16 at xu).
+// Q4_K sub-block s of the block at b: d * scale and dmin * min, and the 32 quants'
+// 8 words (nibble s%2 of qs[32 (s/2) + l], l = 0..31, 4 per word, low byte first).
+__device__ __forceinline__ void q4k_unit(const uint8_t* b, int s, float* d1, float* m1, uint32_t (&nib)[8]) {
+    // {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}, 16-byte aligned.
+    const uint4 head = *reinterpret_cast<const uint4*>(b);
+    const uint4* qv = reinterpret_cast<const uint4*>(b + 16 + 32 * (s / 2));
+    const uint4 q0 = qv[0], q1 = qv[1];
+    const uint32_t hw[3] = {head.y, head.z, head.w};   // the 12 scale bytes
+    auto sbyte = [&](int k) -> int { const uint32_t w = k < 4 ? hw[0] : (k < 8 ? hw[1] : hw[2]); return (w >> (8 * (k & 3))) & 0xFF; };
+    int sc, m;
+    if (s < 4) {
+        sc = sbyte(s) & 63;
+        m = sbyte(s + 4) & 63;
+    } else {
+        sc = (sbyte(s + 4) & 0xF) | ((sbyte(s - 4) >> 6) << 4);
+        m = (sbyte(s + 4) >> 4) | ((sbyte(s) >> 6) << 4);
+    }
+    *d1 = __half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFF))) * float(sc);
+    *m1 = __half2float(__ushort_as_half((unsigned short)(head.x >> 16))) * float(m);
+    const int shift = 4 * (s % 2);
+    const uint32_t words[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+    for (int j = 0; j < 8; j++) nib[j] = (words[j] >> shift) & 0x0F0F0F0Fu;
+}
+
+// Dot product of unit u of a row with x (32 floats, x_sum their sum).
 template <GgmlType T>
 __device__ __forceinline__ float unit_dot(const uint8_t* row, int64_t u, const float (&x)[UNIT], float x_sum) {
     if constexpr (T == GgmlType::Q4_K) {
-        // {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}, 16-byte aligned: sub-block s is
-        // nibble s%2 of qs[32 (s/2) + l]. sum_l (d1 q_l - m1) x_l = d1 sum q_l x_l - m1 sum x_l.
-        const uint8_t* b = row + (u / 8) * 144;
-        const int s = (int)(u % 8);
-        const uint4 head = *reinterpret_cast<const uint4*>(b);
-        const uint4* qv = reinterpret_cast<const uint4*>(b + 16 + 32 * (s / 2));
-        const uint4 q0 = qv[0], q1 = qv[1];
-        const uint32_t hw[3] = {head.y, head.z, head.w};   // the 12 scale bytes
-        auto sbyte = [&](int k) -> int { const uint32_t w = k < 4 ? hw[0] : (k < 8 ? hw[1] : hw[2]); return (w >> (8 * (k & 3))) & 0xFF; };
-        int sc, m;
-        if (s < 4) {
-            sc = sbyte(s) & 63;
-            m = sbyte(s + 4) & 63;
-        } else {
-            sc = (sbyte(s + 4) & 0xF) | ((sbyte(s - 4) >> 6) << 4);
-            m = (sbyte(s + 4) >> 4) | ((sbyte(s) >> 6) << 4);
-        }
-        const float d = __half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFF)));
-        const float dmin = __half2float(__ushort_as_half((unsigned short)(head.x >> 16)));
-        const int shift = 4 * (s % 2);
-        const uint32_t words[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+        // sum_l (d1 q_l - m1) x_l = d1 sum q_l x_l - m1 sum x_l
+        float d1, m1;
+        uint32_t nib[8];
+        q4k_unit(row + (u / 8) * 144, (int)(u % 8), &d1, &m1, nib);
         float dot = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const uint32_t nib = (words[j] >> shift) & 0x0F0F0F0Fu;
+        for (int j = 0; j < 8; j++)
 #pragma unroll
-            for (int k = 0; k < 4; k++) dot += byte_to_float(nib, k) * x[4 * j + k];
-        }
-        return d * float(sc) * dot - dmin * float(m) * x_sum;
+            for (int k = 0; k < 4; k++) dot += byte_to_float(nib[j], k) * x[4 * j + k];
+        return d1 * dot - m1 * x_sum;
     } else if constexpr (T == GgmlType::Q8_0) {
         // {f16 d; int8 qs[32]}: 2-byte aligned; q + 128 is a byte 0..255.
-        const uint8_t* b = row + u * 34;
-        const uint16_t* h = reinterpret_cast<const uint16_t*>(b);
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(row + u * 34);
         const float d = __half2float(__ushort_as_half(h[0]));
         float dot = 0.0f;
 #pragma unroll
@@ -249,16 +265,36 @@ __device__ __forceinline__ float unit_dot(const uint8_t* row, int64_t u, const f
     }
 }
 
+// The same with x as 8-bit integers xq (8 words of 4) times dx; sx = dx * sum of xq.
+template <GgmlType T>
+__device__ __forceinline__ float unit_dot_q8(const uint8_t* row, int64_t u, const int (&xq)[8], float dx, float sx) {
+    if constexpr (T == GgmlType::Q4_K) {
+        float d1, m1;
+        uint32_t nib[8];
+        q4k_unit(row + (u / 8) * 144, (int)(u % 8), &d1, &m1, nib);
+        int sum = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) sum = __dp4a((int)nib[j], xq[j], sum);
+        return d1 * dx * float(sum) - m1 * sx;
+    } else {   // Q8_0
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(row + u * 34);
+        const float d = __half2float(__ushort_as_half(h[0]));
+        int sum = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) sum = __dp4a((int)(uint32_t(h[1 + 2 * j]) | (uint32_t(h[2 + 2 * j]) << 16)), xq[j], sum);
+        return d * dx * float(sum);
+    }
+}
+
 template <GgmlType T, int NR>
-__device__ __forceinline__ void dense_dots(const uint8_t* const (&rows)[NR], int n_valid, int64_t n_in,
-                                           const float* __restrict__ x, int lane, float (&acc)[NR]) {
+__device__ __forceinline__ void dense_dots(const uint8_t* const (&rows)[NR], int64_t n_in, const float* __restrict__ x,
+                                           int lane, float (&acc)[NR]) {
 #pragma unroll 4
     for (int64_t e = 8 * lane; e < n_in; e += 256) {
         const float4 xa = *reinterpret_cast<const float4*>(x + e), xb = *reinterpret_cast<const float4*>(x + e + 4);
         const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
         for (int r = 0; r < NR; r++) {
-            if (r >= n_valid) break;
             float w[8];
             load8<T>(rows[r], e, w);
 #pragma unroll
@@ -268,8 +304,8 @@ __device__ __forceinline__ void dense_dots(const uint8_t* const (&rows)[NR], int
 }
 
 template <GgmlType T, int NR>
-__device__ __forceinline__ void block_dots(const uint8_t* const (&rows)[NR], int n_valid, int64_t n_in,
-                                           const __half* xs, int lane, float (&acc)[NR]) {
+__device__ __forceinline__ void block_dots(const uint8_t* const (&rows)[NR], int64_t n_in, const __half* xs, int lane,
+                                           float (&acc)[NR]) {
     const int64_t n_units = n_in / UNIT;
 #pragma unroll 2
     for (int64_t u = lane; u < n_units; u += 32) {
@@ -289,9 +325,72 @@ __device__ __forceinline__ void block_dots(const uint8_t* const (&rows)[NR], int
             }
         }
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
-            if (r >= n_valid) break;
-            acc[r] += unit_dot<T>(rows[r], u, xv, x_sum);
+        for (int r = 0; r < NR; r++) acc[r] += unit_dot<T>(rows[r], u, xv, x_sum);
+    }
+}
+
+// x staged as 8-bit units: xq (n_units, XQ_UNIT bytes), then dx (n_units), then sx (n_units).
+template <GgmlType T, int NR>
+__device__ __forceinline__ void block_dots_q8(const uint8_t* const (&rows)[NR], int64_t n_in, const uint8_t* xs,
+                                              int lane, float (&acc)[NR]) {
+    const int64_t n_units = n_in / UNIT;
+    const float* dxs = reinterpret_cast<const float*>(xs + n_units * XQ_UNIT);
+    const float* sxs = dxs + n_units;
+#pragma unroll 2
+    for (int64_t u = lane; u < n_units; u += 32) {
+        const uint4* xp = reinterpret_cast<const uint4*>(xs + u * XQ_UNIT);
+        const uint4 v0 = xp[0], v1 = xp[1];
+        const int xq[8] = {(int)v0.x, (int)v0.y, (int)v0.z, (int)v0.w, (int)v1.x, (int)v1.y, (int)v1.z, (int)v1.w};
+        const float dx = dxs[u], sx = sxs[u];
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[r] += unit_dot_q8<T>(rows[r], u, xq, dx, sx);
+    }
+}
+
+// x into shared memory as F16 units.
+__device__ __forceinline__ void stage_f16(const float* __restrict__ x, int64_t n_in, __half* xs) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = n_in / 4;
+#pragma unroll 8
+    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 v = x4[i];
+        __half2* d = reinterpret_cast<__half2*>(xs + (i / 8) * XS_UNIT + (i % 8) * 4);
+        d[0] = __floats2half2_rn(v.x, v.y);
+        d[1] = __floats2half2_rn(v.z, v.w);
+    }
+}
+
+// x into shared memory as 8-bit units, as llama.cpp quantizes to Q8_0: dx = max|x| / 127,
+// q = round(x / dx). Eight consecutive lanes hold one unit's 32 values (blockDim and
+// the unit count keep whole groups of 8 together).
+__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int64_t n_in, uint8_t* xs) {
+    const int64_t n_units = n_in / UNIT;
+    float* dxs = reinterpret_cast<float*>(xs + n_units * XQ_UNIT);
+    float* sxs = dxs + n_units;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = n_in / 4;
+    const unsigned group = 0xFFu << (threadIdx.x & 24);
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 v = x4[i];
+        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        amax = fmaxf(amax, __shfl_xor_sync(group, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(group, amax, 2));
+        amax = fmaxf(amax, __shfl_xor_sync(group, amax, 4));
+        const float dx = amax / 127.0f;
+        const float inv = dx != 0.0f ? 1.0f / dx : 0.0f;
+        const int q0 = __float2int_rn(v.x * inv), q1 = __float2int_rn(v.y * inv);
+        const int q2 = __float2int_rn(v.z * inv), q3 = __float2int_rn(v.w * inv);
+        int qsum = q0 + q1 + q2 + q3;
+        qsum += __shfl_xor_sync(group, qsum, 1);
+        qsum += __shfl_xor_sync(group, qsum, 2);
+        qsum += __shfl_xor_sync(group, qsum, 4);
+        const int64_t u = i / 8;
+        *reinterpret_cast<uint32_t*>(xs + u * XQ_UNIT + (i % 8) * 4) =
+            (uint32_t)(q0 & 0xFF) | ((uint32_t)(q1 & 0xFF) << 8) | ((uint32_t)(q2 & 0xFF) << 16) | ((uint32_t)(q3 & 0xFF) << 24);
+        if (i % 8 == 0) {
+            dxs[u] = dx;
+            sxs[u] = dx * (float)qsum;
         }
     }
 }
@@ -312,67 +411,70 @@ struct MatvecArgs {
     size_t row_bytes;
 };
 
-template <GgmlType T, int MODE>
+template <GgmlType T, int MODE, int ROWS, bool Q8X>
 __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs a, const float* __restrict__ x) {
+    wait_for_inputs();
     const int m = (int)blockIdx.x >= a.block_start[1] ? ((int)blockIdx.x >= a.block_start[2] ? 2 : 1) : 0;
     if (skipped(a.skip[m])) return;   // the whole block belongs to matrix m
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int64_t r0 = ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * MV_ROWS;
+    const int64_t r0 = ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * ROWS;
     const int64_t left = a.n_out[m] - r0;
-    const int n_valid = left <= 0 ? 0 : (left < MV_ROWS ? (int)left : MV_ROWS);
+    const int n_valid = left <= 0 ? 0 : (left < ROWS ? (int)left : ROWS);
 
-    constexpr int NR = MODE == MV_SWIGLU ? 2 * MV_ROWS : MV_ROWS;
+    constexpr int NR = MODE == MV_SWIGLU ? 2 * ROWS : ROWS;   // SWIGLU: rows ROWS.. are W_1's
     const uint8_t* rows[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++) {
-        const int mm = MODE == MV_SWIGLU ? r / MV_ROWS : m;
-        const int64_t rr = r0 + (MODE == MV_SWIGLU ? r % MV_ROWS : r);
+        const int mm = MODE == MV_SWIGLU ? r / ROWS : m;
+        const int64_t rr = r0 + (MODE == MV_SWIGLU ? r % ROWS : r);
         rows[r] = a.W[mm] + (size_t)(rr < a.n_out[m] ? rr : a.n_out[m] - 1) * a.row_bytes;
     }
-    // In SWIGLU mode rows MV_ROWS.. are W_1's; n_valid counts per matrix.
-    const int n_live = MODE == MV_SWIGLU ? NR : n_valid;
     float acc[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
 
     if constexpr (dense_type<T>()) {
         if (n_valid == 0) return;
-        dense_dots<T, NR>(rows, n_live, a.n_in, x, lane, acc);
+        dense_dots<T, NR>(rows, a.n_in, x, lane, acc);
+    } else if constexpr (Q8X) {
+        extern __shared__ uint4 xs_raw[];
+        uint8_t* xs = reinterpret_cast<uint8_t*>(xs_raw);
+        stage_q8(x, a.n_in, xs);
+        __syncthreads();
+        if (n_valid == 0) return;
+        block_dots_q8<T, NR>(rows, a.n_in, xs, lane, acc);
     } else {
         extern __shared__ uint4 xs_raw[];
         __half* xs = reinterpret_cast<__half*>(xs_raw);
-        // Four consecutive values per thread and step, the loads of several steps in flight.
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        const int64_t n4 = a.n_in / 4;
-#pragma unroll 8
-        for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-            const float4 v = x4[i];
-            __half2* d = reinterpret_cast<__half2*>(xs + (i / 8) * XS_UNIT + (i % 8) * 4);
-            d[0] = __floats2half2_rn(v.x, v.y);
-            d[1] = __floats2half2_rn(v.z, v.w);
-        }
+        stage_f16(x, a.n_in, xs);
         __syncthreads();
         if (n_valid == 0) return;
-        block_dots<T, NR>(rows, n_live, a.n_in, xs, lane, acc);
+        block_dots<T, NR>(rows, a.n_in, xs, lane, acc);
     }
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = warp_sum(acc[r]);
     if (lane != 0) return;
 #pragma unroll
-    for (int r = 0; r < MV_ROWS; r++) {
+    for (int r = 0; r < ROWS; r++) {
         if (r >= n_valid) break;
         if constexpr (MODE == MV_STORE) a.y[m][r0 + r] = acc[r];
         else if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
         else {
-            const float g = acc[r], up = acc[MV_ROWS + r];
+            const float g = acc[r], up = acc[ROWS + r];
             a.y[0][r0 + r] = g / (1.0f + expf(-g)) * up;
         }
     }
 }
 
-size_t matvec_smem(GgmlType type, int64_t n_in) {
+bool uses_q8x(GgmlType type, const Launch& l) {
+    return l.q8_activations && (type == GgmlType::Q4_K || type == GgmlType::Q8_0);
+}
+
+size_t matvec_smem(GgmlType type, int64_t n_in, bool q8x) {
     if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) return 0;
-    return (size_t)(n_in / UNIT) * XS_UNIT * sizeof(__half);
+    const size_t n_units = (size_t)(n_in / UNIT);
+    if (q8x) return n_units * (XQ_UNIT + 2 * sizeof(float));
+    return n_units * XS_UNIT * sizeof(__half);
 }
 
 // One thread per unit of the tile.
@@ -393,6 +495,7 @@ __global__ void dequant_f16_kernel(const uint8_t* W, size_t row_bytes, int64_t n
 template <GgmlType T>
 __global__ void embed_kernel(const uint8_t* W, size_t row_bytes, int64_t n_in, const int32_t* tokens, int n,
                              float* __restrict__ out) {
+    wait_for_inputs();
     const int64_t units_per_row = n_in / UNIT;
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n * units_per_row) return;
@@ -440,21 +543,36 @@ bool matrix_type_supported(GgmlType type) {
 namespace {
 
 struct MatvecLaunch {
-    const MatvecArgs& a; const float* x; int mode; unsigned blocks; size_t smem; cudaStream_t s;
+    const MatvecArgs& a; const float* x; int mode; unsigned blocks; const Launch& l;
+    template <GgmlType T, int ROWS, bool Q8X> void go() const {
+        const size_t smem = matvec_smem(T, a.n_in, Q8X);
+        if (mode == MV_STORE) launch(l, matvec_kernel<T, MV_STORE, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
+        else if (mode == MV_ACCUMULATE) launch(l, matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
+        else launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
+    }
     template <GgmlType T> void operator()() const {
-        if (mode == MV_STORE) matvec_kernel<T, MV_STORE><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
-        else if (mode == MV_ACCUMULATE) matvec_kernel<T, MV_ACCUMULATE><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
-        else matvec_kernel<T, MV_SWIGLU><<<blocks, 32 * MV_WARPS, smem, s>>>(a, x);
+        if constexpr (has_q8x<T>()) {
+            if (uses_q8x(T, l)) { if (l.mv_rows == 4) go<T, 4, true>(); else go<T, 2, true>(); return; }
+        }
+        if (l.mv_rows == 4) go<T, 4, false>(); else go<T, 2, false>();
     }
 };
 
 struct MatvecSmemLimit {
     int bytes;
+    template <GgmlType T, int ROWS, bool Q8X> void set() const {
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    }
     template <GgmlType T> void operator()() const {
         if constexpr (!dense_type<T>()) {
-            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-            FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+            set<T, 2, false>();
+            set<T, 4, false>();
+            if constexpr (has_q8x<T>()) {
+                set<T, 2, true>();
+                set<T, 4, true>();
+            }
         }
     }
 };
@@ -466,16 +584,19 @@ struct DequantLaunch {
     }
 };
 struct EmbedLaunch {
-    const DeviceMatrix& W; const int32_t* tokens; int n; float* out; cudaStream_t s;
+    const DeviceMatrix& W; const int32_t* tokens; int n; float* out; const Launch& l;
     template <GgmlType T> void operator()() const {
-        embed_kernel<T><<<blocks_for((int64_t)n * (W.n_in / UNIT), 256), 256, 0, s>>>(W.data, W.row_bytes, W.n_in, tokens, n, out);
+        launch(l, embed_kernel<T>, blocks_for((int64_t)n * (W.n_in / UNIT), 256), 256, 0, W.data, W.row_bytes, W.n_in,
+               tokens, n, out);
     }
 };
 
 void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n_mat, int mode,
-                   const float* x, cudaStream_t stream) {
+                   const float* x, const Launch& l) {
+    if (l.mv_rows != 2 && l.mv_rows != 4)
+        throw Error("CUDA backend: rows per warp must be 2 or 4, not " + std::to_string(l.mv_rows));
     MatvecArgs a{};
-    const int rows_per_block = MV_WARPS * MV_ROWS;
+    const int rows_per_block = MV_WARPS * l.mv_rows;
     const int counted = mode == MV_SWIGLU ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
     int32_t blocks = 0;
     for (int m = 0; m < 3; m++) {
@@ -495,47 +616,46 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
     a.n_mat = n_mat;
     a.n_in = W[0]->n_in;
     a.row_bytes = W[0]->row_bytes;
-    dispatch(W[0]->type, MatvecLaunch{a, x, mode, (unsigned)blocks, matvec_smem(W[0]->type, a.n_in), stream});
-    FFNSKIP_CUDA_LAUNCHED();
+    dispatch(W[0]->type, MatvecLaunch{a, x, mode, (unsigned)blocks, l});
 }
 
 }  // namespace
 
 void matvec_prepare(int64_t max_n_in) {
-    const int bytes = (int)matvec_smem(GgmlType::Q4_0, max_n_in);
+    const int bytes = (int)std::max(matvec_smem(GgmlType::Q4_0, max_n_in, false), matvec_smem(GgmlType::Q8_0, max_n_in, true));
     if (bytes <= 48 * 1024) return;
     for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
                        GgmlType::Q4_K, GgmlType::Q6_K})
         dispatch(t, MatvecSmemLimit{bytes});
 }
 
-void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream) {
+void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l) {
     const DeviceMatrix* w[1] = {&W};
     float* ys[1] = {y};
     const int* sk[1] = {skip};
-    launch_matvec(w, ys, sk, 1, MV_STORE, x, stream);
+    launch_matvec(w, ys, sk, 1, MV_STORE, x, l);
 }
 
 void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
-                  cudaStream_t stream) {
+                  const Launch& l) {
     if (n < 1 || n > 3) throw Error("CUDA backend: internal error: matvec_multi of " + std::to_string(n) + " matrices");
-    launch_matvec(W, y, skip, n, MV_STORE, x, stream);
+    launch_matvec(W, y, skip, n, MV_STORE, x, l);
 }
 
-void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream) {
+void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l) {
     const DeviceMatrix* w[1] = {&W};
     float* ys[1] = {y};
     const int* sk[1] = {skip};
-    launch_matvec(w, ys, sk, 1, MV_ACCUMULATE, x, stream);
+    launch_matvec(w, ys, sk, 1, MV_ACCUMULATE, x, l);
 }
 
 void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, float* y, const int* skip,
-                   cudaStream_t stream) {
+                   const Launch& l) {
     if (gate.n_out != up.n_out) throw Error("CUDA backend: internal error: gate and up differ in rows");
     const DeviceMatrix* w[2] = {&gate, &up};
     float* ys[2] = {y, nullptr};
     const int* sk[2] = {skip, skip};
-    launch_matvec(w, ys, sk, 2, MV_SWIGLU, x, stream);
+    launch_matvec(w, ys, sk, 2, MV_SWIGLU, x, l);
 }
 
 bool fusable(const DeviceMatrix& a, const DeviceMatrix& b) {
@@ -547,9 +667,8 @@ void dequantize_rows_f16(const DeviceMatrix& W, int64_t row0, int64_t n_rows, __
     FFNSKIP_CUDA_LAUNCHED();
 }
 
-void embed_rows(const DeviceMatrix& W, const int32_t* tokens, int n, float* out, cudaStream_t stream) {
-    dispatch(W.type, EmbedLaunch{W, tokens, n, out, stream});
-    FFNSKIP_CUDA_LAUNCHED();
+void embed_rows(const DeviceMatrix& W, const int32_t* tokens, int n, float* out, const Launch& l) {
+    dispatch(W.type, EmbedLaunch{W, tokens, n, out, l});
 }
 
 }  // namespace cuda

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/launch.cuh"
 #include "quant/quant.h"
 
 namespace ffnskip {
@@ -28,32 +29,33 @@ struct DeviceMatrix {
 bool matrix_type_supported(GgmlType type);
 
 // y[r] = sum_i W[r, i] x[i] for one token (x, y float). Returns at once when *skip != 0.
-void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream);
+void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);
 
 // y_m = W_m x for n (1..3) matrices of one type and row length, in one launch; matrix m
 // returns at once when *skip[m] != 0 (skip may be null).
 void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
-                  cudaStream_t stream);
+                  const Launch& l);
 
 // y += W x (the residual add fused into the product).
-void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, cudaStream_t stream);
+void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);
 
 // y = silu(gate x) * (up x): the FFN's first half in one launch (gate, up fusable).
 void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, float* y, const int* skip,
-                   cudaStream_t stream);
+                   const Launch& l);
 
 // Whether two matrices can share a launch (same type and row length).
 bool fusable(const DeviceMatrix& a, const DeviceMatrix& b);
 
-// Raises the shared-memory limit of the block-format kernels for rows of up to max_n_in
-// elements (x is staged in shared memory). Call once before the first product.
+// Raises the shared-memory limit of the block-format kernels (every setting of Launch)
+// for rows of up to max_n_in elements (x is staged in shared memory). Call once before
+// the first product.
 void matvec_prepare(int64_t max_n_in);
 
 // Rows [row0, row0 + n_rows) of W as F16, row-major (n_rows, n_in), for cuBLAS.
 void dequantize_rows_f16(const DeviceMatrix& W, int64_t row0, int64_t n_rows, __half* out, cudaStream_t stream);
 
 // out[t] = row tokens[t] of W as float (n tokens; the ids are read on the device).
-void embed_rows(const DeviceMatrix& W, const int32_t* tokens, int n, float* out, cudaStream_t stream);
+void embed_rows(const DeviceMatrix& W, const int32_t* tokens, int n, float* out, const Launch& l);
 
 }  // namespace cuda
 }  // namespace ffnskip

@@ -1,6 +1,7 @@
 #include "cuda/norm.cuh"
 
 #include "cuda/cuda-common.cuh"
+#include "cuda/launch.cuh"
 
 namespace ffnskip {
 namespace cuda {
@@ -13,6 +14,7 @@ constexpr int NORM_THREADS = 512;
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(float* __restrict__ out, const float* __restrict__ x,
                                                                const float* __restrict__ w, int64_t n, float eps,
                                                                const int* skip) {
+    wait_for_inputs();
     if (skipped(skip)) return;
     __shared__ double scratch[32];
     const float4* xr = reinterpret_cast<const float4*>(x + (int64_t)blockIdx.x * n);
@@ -38,9 +40,8 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(float* __restrict
 }  // namespace
 
 void rmsnorm(float* out, const float* x, const float* w, int n_rows, int64_t n, float eps, const int* skip,
-             cudaStream_t stream) {
-    rmsnorm_kernel<<<n_rows, NORM_THREADS, 0, stream>>>(out, x, w, n, eps, skip);
-    FFNSKIP_CUDA_LAUNCHED();
+             const Launch& l) {
+    launch(l, rmsnorm_kernel, n_rows, NORM_THREADS, 0, out, x, w, n, eps, skip);
 }
 
 }  // namespace cuda

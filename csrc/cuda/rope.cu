@@ -1,6 +1,7 @@
 #include "cuda/rope.cuh"
 
 #include "cuda/cuda-common.cuh"
+#include "cuda/launch.cuh"
 
 namespace ffnskip {
 namespace cuda {
@@ -22,6 +23,7 @@ __device__ void rope_angle(int p, int i, const RopeParams& rp, float* c, float* 
 __global__ void rope_store_kernel(float* q, int n_head, const int* skip_q, const float* k, const float* v,
                                   __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv, RopeParams rp,
                                   const int* pos, const int* skip) {
+    wait_for_inputs();
     const int pairs = rp.head_dim / 2;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int64_t n_kv = (int64_t)n_tokens * n_head_kv * pairs;
@@ -67,13 +69,12 @@ unsigned blocks(int64_t n) { return (unsigned)((n + 127) / 128); }
 }  // namespace
 
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
-                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream, float* q, int n_head,
+                   const RopeParams& rp, const int* pos, const int* skip, const Launch& l, float* q, int n_head,
                    const int* skip_q) {
     const int64_t n = (int64_t)n_tokens * n_head_kv * (rp.head_dim / 2) +
                       (q ? (int64_t)n_tokens * n_head * (rp.n_rot / 2) : 0);
-    rope_store_kernel<<<blocks(n), 128, 0, stream>>>(q, n_head, skip_q, k, v, k_cache, v_cache, n_tokens, n_head_kv,
-                                                       rp, pos, skip);
-    FFNSKIP_CUDA_LAUNCHED();
+    launch(l, rope_store_kernel, blocks(n), 128, 0, q, n_head, skip_q, k, v, k_cache, v_cache, n_tokens, n_head_kv, rp,
+           pos, skip);
 }
 
 }  // namespace cuda

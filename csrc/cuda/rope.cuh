@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "cuda/launch.cuh"
+
 namespace ffnskip {
 namespace cuda {
 
@@ -22,7 +24,7 @@ struct RopeParams {
 // layer's caches k_cache, v_cache (n_ctx, kv_width); with q given, also rotates q
 // (n_tokens, n_head, head_dim) in place (unless *skip_q), in the same launch.
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
-                   const RopeParams& rp, const int* pos, const int* skip, cudaStream_t stream, float* q = nullptr,
+                   const RopeParams& rp, const int* pos, const int* skip, const Launch& l, float* q = nullptr,
                    int n_head = 0, const int* skip_q = nullptr);
 
 }  // namespace cuda

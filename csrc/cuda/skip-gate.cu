@@ -1,6 +1,7 @@
 #include "cuda/skip-gate.cuh"
 
 #include "cuda/cuda-common.cuh"
+#include "cuda/launch.cuh"
 
 namespace ffnskip {
 namespace cuda {
@@ -12,6 +13,7 @@ constexpr int GATE_THREADS = 1024;
 // One block: the residual is one token wide (n_embd elements).
 __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                                          const int32_t* gate_allowed, float* cosines, GateRules* rules) {
+    wait_for_inputs();
     if (ffn_skip[layer] != 0) return;
     __shared__ double scratch[32];
     double ab = 0.0, aa = 0.0, bb = 0.0;
@@ -45,9 +47,8 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
 }  // namespace
 
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                       const int32_t* gate_allowed, float* cosines, GateRules* rules, cudaStream_t stream) {
-    residual_add_gate_kernel<<<1, GATE_THREADS, 0, stream>>>(x, f, n, layer, ffn_skip, gate_allowed, cosines, rules);
-    FFNSKIP_CUDA_LAUNCHED();
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l) {
+    launch(l, residual_add_gate_kernel, 1, GATE_THREADS, 0, x, f, n, layer, ffn_skip, gate_allowed, cosines, rules);
 }
 
 }  // namespace cuda

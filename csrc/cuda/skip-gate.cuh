@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "cuda/launch.cuh"
+
 namespace ffnskip {
 namespace cuda {
 
@@ -25,7 +27,7 @@ struct GateRules {
 //   rules->spent = 1.
 // Later kernels of those FFNs read their ffn_skip words and return at once.
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                       const int32_t* gate_allowed, float* cosines, GateRules* rules, cudaStream_t stream);
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l);
 
 }  // namespace cuda
 }  // namespace ffnskip
