@@ -133,6 +133,8 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     use_graph_ = !(graphs && std::strcmp(graphs, "0") == 0);
     const char* fuse = std::getenv("FFNSKIP_CUDA_FUSE");       // "0": one launch per matrix, as the prompt path
     fuse_ = !(fuse && std::strcmp(fuse, "0") == 0);
+    const char* fuse_norm = std::getenv("FFNSKIP_CUDA_FUSE_NORM");   // "1": the gate kernel computes the next RMSNorm
+    fuse_norm_ = fuse_norm && std::strcmp(fuse_norm, "1") == 0;
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -414,6 +416,7 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
     const int* pos = step_d_.pos;
 
     cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, s);
+    bool xb_ready = false;   // xb_ already holds the next norm's output (written by the gate kernel)
     for (int il = 0; il < hp.n_layer; il++) {
         const CudaLayer& L = layers_[il];
         const int* skip_attn = device_skip ? step_d_.skip_attn + il : nullptr;
@@ -422,7 +425,8 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         if (prompt_skip && !prompt_skip->prompt_layer_runs(il)) continue;
 
         // ---- attention: h = x + Wo attn(norm(x)); keys/values also for skipdecode's exit layers ----
-        cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, skip_kv, s);
+        if (!xb_ready) cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, skip_kv, s);
+        xb_ready = false;
         project_qkv(L, n, skip_attn, skip_kv, s);
         cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_, hp.n_head,
                             skip_attn);
@@ -449,17 +453,22 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
             cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, s);
         }
         mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn, s);
-        if (device_skip)
+        if (device_skip) {
+            // With fuse_norm_ the gate kernel also writes the next layer's attention input
+            // (or the output matrix's), whether or not this FFN ran.
+            const float* next_norm = !fuse_norm_ ? nullptr : il + 1 < hp.n_layer ? layers_[il + 1].attn_norm : output_norm_;
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,
-                                    step_d_.rules, s);
-        else
+                                    step_d_.rules, s, next_norm, xb_, hp.rms_eps);
+            xb_ready = next_norm != nullptr;
+        } else {
             cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
+        }
     }
 
     // ---- logits, only for the rows asked for ----
     const int first = all_logits ? 0 : n - 1;
     const int rows = n - first;
-    cuda::rmsnorm(xb_, x_ + (int64_t)first * D, output_norm_, rows, D, hp.rms_eps, nullptr, s);
+    if (!xb_ready) cuda::rmsnorm(xb_, x_ + (int64_t)first * D, output_norm_, rows, D, hp.rms_eps, nullptr, s);
     mul_mat(output_, xb_, logits_, rows, nullptr, s);
 }
 

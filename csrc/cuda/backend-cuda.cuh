@@ -86,6 +86,7 @@ class CudaForward : public Backend {
     cublasHandle_t blas_handle_ = nullptr;
     bool use_graph_ = true;
     bool fuse_ = true;   // decode: Q/K/V in one launch, gate/up with SwiGLU, Wo with the residual add
+    bool fuse_norm_ = false;   // decode: the FFN's gate kernel also computes the next RMSNorm
     cudaGraphExec_t graph_ = nullptr;
 
     // Device memory: one allocation, carved up in allocate_and_upload.

@@ -12,22 +12,31 @@ constexpr int GATE_THREADS = 1024;
 
 // One block: the residual is one token wide (n_embd elements).
 __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                                         const int32_t* gate_allowed, float* cosines, GateRules* rules) {
+                                         const int32_t* gate_allowed, float* cosines, GateRules* rules,
+                                         const float* next_norm, float* out, float eps) {
     wait_for_inputs();
-    if (ffn_skip[layer] != 0) return;
+    const bool ffn_ran = ffn_skip[layer] == 0;
+    if (!ffn_ran && next_norm == nullptr) return;
     __shared__ double scratch[32];
     double ab = 0.0, aa = 0.0, bb = 0.0;
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const float before = x[i];
-        const float after = before + f[i];
-        x[i] = after;
+        const float after = ffn_ran ? before + f[i] : before;
+        if (ffn_ran) x[i] = after;
         ab += (double)after * before;
         aa += (double)after * after;
         bb += (double)before * before;
     }
-    ab = block_sum(ab, scratch);
     aa = block_sum(aa, scratch);
+    if (next_norm) {
+        // As rmsnorm_kernel (norm.cu): each thread reads back the elements it wrote.
+        const float scale = 1.0f / sqrtf((float)(aa / (double)n) + eps);
+#pragma unroll 4
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = (x[i] * scale) * next_norm[i];
+    }
+    if (!ffn_ran) return;
+    ab = block_sum(ab, scratch);
     bb = block_sum(bb, scratch);
     if (threadIdx.x != 0) return;
     const double c = (aa == 0.0 || bb == 0.0) ? 0.0 : ab / sqrt(aa * bb);
@@ -47,8 +56,10 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
 }  // namespace
 
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l) {
-    launch(l, residual_add_gate_kernel, 1, GATE_THREADS, 0, x, f, n, layer, ffn_skip, gate_allowed, cosines, rules);
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
+                       const float* next_norm, float* out, float eps) {
+    launch(l, residual_add_gate_kernel, 1, GATE_THREADS, 0, x, f, n, layer, ffn_skip, gate_allowed, cosines, rules,
+           next_norm, out, eps);
 }
 
 }  // namespace cuda

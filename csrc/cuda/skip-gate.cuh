@@ -26,8 +26,11 @@ struct GateRules {
 //   max_skip layers l after `layer` with gate_allowed[l] != 0, none past `stop`, and
 //   rules->spent = 1.
 // Later kernels of those FFNs read their ffn_skip words and return at once.
+// With next_norm given, also (whether or not the FFN ran) out = rmsnorm(x) * next_norm,
+// the input of the next layer's attention (or of the output matrix): one launch less.
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l);
+                       const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
+                       const float* next_norm = nullptr, float* out = nullptr, float eps = 0.0f);
 
 }  // namespace cuda
 }  // namespace ffnskip
