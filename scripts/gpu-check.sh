@@ -42,11 +42,16 @@ stamp "bench"
     ${BENCH_ARGS:-} 2>&1
 
 stamp "profile"
-for t in ${PROFILE_TYPES:-F16 Q4_K}; do
-    timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-        "$py" bench/profile_cuda.py --type "$t" > "$out/kernels-$t.csv" 2> "/tmp/profile-$t.err"
-    echo "ncu $t exit $?"
-    "$py" bench/profile_cuda.py --summarize "$out/kernels-$t.csv" 2>&1 | head -20
+# Each entry: TYPE, or TYPE,VAR=VALUE[,VAR=VALUE] to profile with decode settings.
+for spec in ${PROFILE_TYPES:-F16 Q4_K Q4_K,FFNSKIP_CUDA_Q8X=1,FFNSKIP_CUDA_MV_ROWS=4}; do
+    t=${spec%%,*}
+    settings=""
+    [ "$spec" != "$t" ] && settings=${spec#*,}
+    name=$(echo "$spec" | tr ',=' '-_')
+    env ${settings//,/ } timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$py" bench/profile_cuda.py --type "$t" > "$out/kernels-$name.csv" 2> "/tmp/profile-$name.err"
+    echo "ncu $spec exit $?"
+    "$py" bench/profile_cuda.py --summarize "$out/kernels-$name.csv" 2>&1 | head -20
 done
 
 stamp "memcheck"

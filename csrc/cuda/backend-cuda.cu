@@ -140,9 +140,9 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     blas_ = cuda::cublas_api(&why);
     if (!blas_) throw Error("backend 'cuda': " + why);
     FFNSKIP_CUDA_CHECK(cudaSetDevice(device_));
+    decode_launch_ = decode_settings(launch_, device_);   // before anything needs releasing
     FFNSKIP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    launch_.stream = stream_;
-    decode_launch_ = decode_settings(launch_, device_);
+    launch_.stream = decode_launch_.stream = stream_;
     try {
         allocate_and_upload();
     } catch (...) {
