@@ -18,7 +18,7 @@ through PyTorch or CuPy when one is installed; else --bandwidth), and the higher
 two is the roofline's. With --variants each model's dense decode is also measured
 with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; 8-bit
 activations for Q4_K and Q8_0; programmatic dependent launch; RMSNorm in the gate
-kernel; all but the first together with the split attention, measured with skipping
+kernel; RoPE and the KV store in the Q/K/V products; all but the first together with the split attention, measured with skipping
 too), to show what each choice gains. With --context N the
 dense decode is also measured after an N-token prompt, where the KV cache read per step
 counts in the roofline.
@@ -47,8 +47,9 @@ VARIANTS = {
     "q8x": {"FFNSKIP_CUDA_Q8X": "1"},
     "pdl": {"FFNSKIP_CUDA_PDL": "1"},
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
+    "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
     "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1", "FFNSKIP_CUDA_FUSE_NORM": "1",
-            "FFNSKIP_CUDA_ATTN_SPLIT": "1"},
+            "FFNSKIP_CUDA_FUSE_ROPE": "1", "FFNSKIP_CUDA_ATTN_SPLIT": "1"},
 }
 Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
 

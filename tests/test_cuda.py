@@ -122,10 +122,12 @@ def test_decode_with_8bit_activations_matches_reference_and_cpu(gpu, synthetic_m
 
 
 @pytest.mark.parametrize("weight_type", ["F16", "Q4_1", "Q8_0", "Q4_K"])
-@pytest.mark.parametrize("setting", ["FFNSKIP_CUDA_MV_ROWS=4", "FFNSKIP_CUDA_PDL=1", "FFNSKIP_CUDA_FUSE_NORM=1"])
+@pytest.mark.parametrize("setting", ["FFNSKIP_CUDA_MV_ROWS=4", "FFNSKIP_CUDA_PDL=1", "FFNSKIP_CUDA_FUSE_NORM=1",
+                                     "FFNSKIP_CUDA_FUSE_ROPE=1"])
 def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch, weight_type, setting):
-    """Four rows per warp, programmatic dependent launch and the RMSNorm computed by the
-    gate kernel change how the work is laid out, not the arithmetic of any value (the
+    """Four rows per warp, programmatic dependent launch, the RMSNorm computed by the gate
+    kernel and RoPE with the KV store done by the Q/K/V products' epilogue change how the
+    work is laid out, not the arithmetic of any value (the
     norm's double sum of exact float squares may only round differently in a 1-in-10^5
     case): logits, greedy tokens, the on-device gate's masks and cosines equal the
     default settings' bit for bit, on a model whose vocabulary (389) leaves the last

@@ -135,6 +135,8 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     fuse_ = !(fuse && std::strcmp(fuse, "0") == 0);
     const char* fuse_norm = std::getenv("FFNSKIP_CUDA_FUSE_NORM");   // "1": the gate kernel computes the next RMSNorm
     fuse_norm_ = fuse_norm && std::strcmp(fuse_norm, "1") == 0;
+    const char* fuse_rope = std::getenv("FFNSKIP_CUDA_FUSE_ROPE");   // "1": Q/K/V products rotate and store the cache
+    fuse_rope_ = fuse_rope && std::strcmp(fuse_rope, "1") == 0;
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -392,21 +394,33 @@ void CudaForward::gemm(const cuda::DeviceMatrix& W, const float* x, float* y, in
 // ---- the forward pass --------------------------------------------------------------
 
 // q, k, v of one layer from xb_: for one token in as few launches as their types allow.
-void CudaForward::project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv,
-                              const cuda::Launch& s) {
+// With fold_rope (decode steps), the products also rotate q and k and store k and v into
+// the layer's cache, and true is returned: no rope_store_kv launch is needed.
+bool CudaForward::project_qkv(const CudaLayer& L, int il, int32_t n, const int* skip_attn, const int* skip_kv,
+                              const cuda::Launch& s, bool fold_rope) {
     const cuda::DeviceMatrix* W[3] = {&L.wq, &L.wk, &L.wv};
     float* y[3] = {q_, k_, v_};
     const int* skip[3] = {skip_attn, skip_kv, skip_kv};
     if (n > 1 || !fuse_) {
         for (int i = 0; i < 3; i++) mul_mat(*W[i], xb_, y[i], n, skip[i], s);
-        return;
+        return false;
     }
+    const cuda::RowStore stores[3] = {cuda::RowStore::ROPE_FLOAT, cuda::RowStore::ROPE_CACHE, cuda::RowStore::CACHE};
+    __half* caches[3] = {nullptr, k_cache(il), v_cache(il)};
     for (int i = 0; i < 3;) {
         int j = i + 1;
         while (j < 3 && cuda::fusable(*W[i], *W[j])) j++;
-        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s);
+        cuda::QkvStore qkv;
+        qkv.rope = rope_;
+        qkv.pos = step_d_.pos;
+        for (int m = i; m < j; m++) {
+            qkv.store[m - i] = stores[m];
+            qkv.cache[m - i] = caches[m];
+        }
+        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s, fold_rope ? &qkv : nullptr);
         i = j;
     }
+    return fold_rope;
 }
 
 void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_skip, bool device_skip) {
@@ -427,9 +441,9 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         // ---- attention: h = x + Wo attn(norm(x)); keys/values also for skipdecode's exit layers ----
         if (!xb_ready) cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, skip_kv, s);
         xb_ready = false;
-        project_qkv(L, n, skip_attn, skip_kv, s);
-        cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_, hp.n_head,
-                            skip_attn);
+        if (!project_qkv(L, il, n, skip_attn, skip_kv, s, device_skip && fuse_rope_))
+            cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_,
+                                hp.n_head, skip_attn);
         cuda::attention(q_, k_cache(il), v_cache(il), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, pos, skip_attn, s,
                         &attn_splits_);
         if (n == 1 && fuse_) {

@@ -71,7 +71,8 @@ class CudaForward : public Backend {
     void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip,
                  const cuda::Launch& s);
     void gemm(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);
-    void project_qkv(const CudaLayer& L, int32_t n, const int* skip_attn, const int* skip_kv, const cuda::Launch& s);
+    bool project_qkv(const CudaLayer& L, int il, int32_t n, const int* skip_attn, const int* skip_kv,
+                     const cuda::Launch& s, bool fold_rope);
     void write_step_plan(const SkipSchedule* skip);
     __half* k_cache(int layer) const { return k_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
     __half* v_cache(int layer) const { return v_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
@@ -87,6 +88,7 @@ class CudaForward : public Backend {
     bool use_graph_ = true;
     bool fuse_ = true;   // decode: Q/K/V in one launch, gate/up with SwiGLU, Wo with the residual add
     bool fuse_norm_ = false;   // decode: the FFN's gate kernel also computes the next RMSNorm
+    bool fuse_rope_ = false;   // decode: the Q/K/V products rotate and store keys and values
     cudaGraphExec_t graph_ = nullptr;
 
     // Device memory: one allocation, carved up in allocate_and_upload.

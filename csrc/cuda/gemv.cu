@@ -409,7 +409,45 @@ struct MatvecArgs {
     int n_mat;
     int64_t n_in;
     size_t row_bytes;
+    QkvStore qkv;   // MV_STORE: how matrix m's rows are stored
 };
+
+// Lane 0's results for rows r0 .. r0 + ROWS - 1 of matrix m, stored as a.qkv says (MV_STORE).
+template <int ROWS>
+__device__ __forceinline__ void store_rows(const MatvecArgs& a, int m, int64_t r0, int n_valid, const float (&acc)[ROWS]) {
+    const RowStore how = a.qkv.store[m];
+    if (how == RowStore::FLOAT) {
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+            if (r < n_valid) a.y[m][r0 + r] = acc[r];
+        return;
+    }
+    // Q, K, V rows come in whole pairs: n_out and r0 are even.
+    const RopeParams& rp = a.qkv.rope;
+    const int p = *a.qkv.pos;
+#pragma unroll
+    for (int r = 0; r < ROWS; r += 2) {
+        if (r >= n_valid) break;
+        const int64_t row = r0 + r;
+        float x0 = acc[r], x1 = acc[r + 1];
+        const int d = (int)(row % rp.head_dim);
+        if (how != RowStore::CACHE && d < rp.n_rot) {
+            float c, s;
+            rope_angle(p, d / 2, rp, &c, &s);
+            const float r0v = x0 * c - x1 * s, r1v = x0 * s + x1 * c;
+            x0 = r0v;
+            x1 = r1v;
+        }
+        if (how == RowStore::ROPE_FLOAT) {
+            a.y[m][row] = x0;
+            a.y[m][row + 1] = x1;
+        } else {
+            __half* dst = a.qkv.cache[m] + (int64_t)p * a.n_out[m] + row;
+            dst[0] = __float2half_rn(x0);
+            dst[1] = __float2half_rn(x1);
+        }
+    }
+}
 
 template <GgmlType T, int MODE, int ROWS, bool Q8X>
 __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs a, const float* __restrict__ x) {
@@ -454,11 +492,14 @@ __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs 
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = warp_sum(acc[r]);
     if (lane != 0) return;
+    if constexpr (MODE == MV_STORE) {
+        store_rows<ROWS>(a, m, r0, n_valid, acc);
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         if (r >= n_valid) break;
-        if constexpr (MODE == MV_STORE) a.y[m][r0 + r] = acc[r];
-        else if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
+        if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
         else {
             const float g = acc[r], up = acc[ROWS + r];
             a.y[0][r0 + r] = g / (1.0f + expf(-g)) * up;
@@ -592,7 +633,7 @@ struct EmbedLaunch {
 };
 
 void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n_mat, int mode,
-                   const float* x, const Launch& l) {
+                   const float* x, const Launch& l, const QkvStore* qkv = nullptr) {
     if (l.mv_rows != 2 && l.mv_rows != 4)
         throw Error("CUDA backend: rows per warp must be 2 or 4, not " + std::to_string(l.mv_rows));
     MatvecArgs a{};
@@ -614,6 +655,13 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
     a.block_start[3] = blocks;
     for (int m = counted; m < 3; m++) a.block_start[m] = blocks;
     a.n_mat = n_mat;
+    if (qkv) {
+        if (mode != MV_STORE) throw Error("CUDA backend: internal error: a RoPE store in a fused product");
+        a.qkv = *qkv;
+        for (int m = 0; m < n_mat; m++)
+            if (a.qkv.store[m] != RowStore::FLOAT && W[m]->n_out % 2 != 0)
+                throw Error("CUDA backend: internal error: RoPE pairs over an odd number of rows");
+    }
     a.n_in = W[0]->n_in;
     a.row_bytes = W[0]->row_bytes;
     dispatch(W[0]->type, MatvecLaunch{a, x, mode, (unsigned)blocks, l});
@@ -637,9 +685,9 @@ void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, co
 }
 
 void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
-                  const Launch& l) {
+                  const Launch& l, const QkvStore* qkv) {
     if (n < 1 || n > 3) throw Error("CUDA backend: internal error: matvec_multi of " + std::to_string(n) + " matrices");
-    launch_matvec(W, y, skip, n, MV_STORE, x, l);
+    launch_matvec(W, y, skip, n, MV_STORE, x, l, qkv);
 }
 
 void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l) {

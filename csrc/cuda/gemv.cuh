@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/launch.cuh"
+#include "cuda/rope.cuh"
 #include "quant/quant.h"
 
 namespace ffnskip {
@@ -31,10 +32,26 @@ bool matrix_type_supported(GgmlType type);
 // y[r] = sum_i W[r, i] x[i] for one token (x, y float). Returns at once when *skip != 0.
 void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);
 
+// How a product's rows are stored when it is Q, K or V of a decode step with RoPE folded
+// in: rows (2i, 2i + 1) of a head are a rotation pair, and a warp holds both.
+enum class RowStore : int {
+    FLOAT = 0,        // y[r] as computed
+    ROPE_FLOAT = 1,   // q: rotated pairs into y
+    ROPE_CACHE = 2,   // k: rotated pairs into the F16 cache row at *pos
+    CACHE = 3,        // v: into the F16 cache row at *pos
+};
+struct QkvStore {
+    RowStore store[3] = {RowStore::FLOAT, RowStore::FLOAT, RowStore::FLOAT};   // per matrix of the launch
+    __half* cache[3] = {nullptr, nullptr, nullptr};   // the layer's (n_ctx, n_out) cache for ROPE_CACHE, CACHE
+    RopeParams rope;
+    const int* pos = nullptr;   // device
+};
+
 // y_m = W_m x for n (1..3) matrices of one type and row length, in one launch; matrix m
-// returns at once when *skip[m] != 0 (skip may be null).
+// returns at once when *skip[m] != 0 (skip may be null). With qkv, rows are stored as
+// qkv->store[m] says (rotated, or into a KV cache) instead of into y_m.
 void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
-                  const Launch& l);
+                  const Launch& l, const QkvStore* qkv = nullptr);
 
 // y += W x (the residual add fused into the product).
 void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);

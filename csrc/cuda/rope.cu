@@ -8,16 +8,6 @@ namespace cuda {
 
 namespace {
 
-// cos and sin of the angle of pair i at position p. theta is built by repeated
-// multiplication in float, as the CPU (and llama.cpp) do, so the angles round alike.
-__device__ void rope_angle(int p, int i, const RopeParams& rp, float* c, float* s) {
-    float theta = (float)p;
-    for (int j = 0; j < i; j++) theta *= rp.theta_scale;
-    const float t = rp.freq_scale * (rp.freq_factors ? theta / rp.freq_factors[i] : theta);
-    *c = cosf(t);
-    *s = sinf(t);
-}
-
 // One thread per (token, kv head, pair of elements) of k/v, then one per (token, head,
 // rotated pair) of q when q is given: pairs below n_rot rotate, the rest pass through.
 __global__ void rope_store_kernel(float* q, int n_head, const int* skip_q, const float* k, const float* v,

@@ -20,6 +20,16 @@ struct RopeParams {
     const float* freq_factors = nullptr;   // device (n_rot / 2) or null
 };
 
+// cos and sin of the angle of pair i at position p. theta is built by repeated
+// multiplication in float, as the CPU (and llama.cpp) do, so the angles round alike.
+__device__ __forceinline__ void rope_angle(int p, int i, const RopeParams& rp, float* c, float* s) {
+    float theta = (float)p;
+    for (int j = 0; j < i; j++) theta *= rp.theta_scale;
+    const float t = rp.freq_scale * (rp.freq_factors ? theta / rp.freq_factors[i] : theta);
+    *c = cosf(t);
+    *s = sinf(t);
+}
+
 // Rotates k and stores k, v (n_tokens, kv_width) as fp16 at rows *pos + t of one
 // layer's caches k_cache, v_cache (n_ctx, kv_width); with q given, also rotates q
 // (n_tokens, n_head, head_dim) in place (unless *skip_q), in the same launch.
