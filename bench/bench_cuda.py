@@ -16,12 +16,12 @@ gate opens at its first layer every step). It prints, per run:
 The bandwidth is measured first (a device-to-device copy and a read-only reduction
 through PyTorch or CuPy when one is installed; else --bandwidth), and the higher of the
 two is the roofline's. With --variants each model's dense decode is also measured
-with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; 8-bit
-activations for Q4_K and Q8_0; programmatic dependent launch; RMSNorm in the gate
-kernel; RoPE and the KV store in the Q/K/V products; all but the first together with the split attention, measured with skipping
-too), to show what each choice gains. With --context N the
-dense decode is also measured after an N-token prompt, where the KV cache read per step
-counts in the roofline.
+with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; F16 rows
+shared by a block's warps; 8-bit activations for Q4_K and Q8_0; programmatic dependent
+launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; all
+but the first together with the split attention, measured with skipping too), to show
+what each choice gains. With --context N the dense decode is also measured after an
+N-token prompt, where the KV cache read per step counts in the roofline.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
 with small fp16 scales, as the tests make K-quant blocks.
 """
@@ -44,11 +44,12 @@ from random_model import BLOCKS, N_VOCAB, SHAPES, write_model  # noqa: E402
 VARIANTS = {
     "unfused": {"FFNSKIP_CUDA_FUSE": "0"},
     "rows4": {"FFNSKIP_CUDA_MV_ROWS": "4"},
+    "split": {"FFNSKIP_CUDA_MV_SPLIT": "1"},
     "q8x": {"FFNSKIP_CUDA_Q8X": "1"},
     "pdl": {"FFNSKIP_CUDA_PDL": "1"},
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
     "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
-    "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1", "FFNSKIP_CUDA_FUSE_NORM": "1",
+    "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_MV_SPLIT": "1", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1", "FFNSKIP_CUDA_FUSE_NORM": "1",
             "FFNSKIP_CUDA_FUSE_ROPE": "1", "FFNSKIP_CUDA_ATTN_SPLIT": "1"},
 }
 Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
@@ -169,7 +170,7 @@ def main():
             del session
             for variant in filter(None, args.variants.split(",")):
                 env = VARIANTS[variant]
-                if variant == "q8x" and type_name not in Q8X_TYPES:
+                if (variant == "q8x" and type_name not in Q8X_TYPES) or (variant == "split" and type_name != "F16"):
                     continue
                 os.environ.update(env)
                 try:

@@ -7,7 +7,8 @@
 #
 # Environment: PYTHON (default python3), CUDA_ARCH (default 90-real), BENCH_ARGS (extra
 # arguments for bench/bench_cuda.py), FFNSKIP_GPU_TEST_MODEL (a GGUF for the real-model
-# test when SmolLM2 cannot be fetched).
+# test when SmolLM2 cannot be fetched), STEPS (default "tests bench profile memcheck":
+# the build always runs; leave steps out to fit a short device lease), PROFILE_TYPES.
 set -u
 out=${1:?usage: scripts/gpu-check.sh OUT_DIR [bench seconds]}
 bench_seconds=${2:-300}
@@ -33,14 +34,21 @@ grep -E "CUDA backend|cuBLAS" "$out/build.log"
 export PYTHONPATH=python${PYTHONPATH:+:$PYTHONPATH}
 "$py" -c "import ffnskip; print(ffnskip.build_info()); print(ffnskip.available_backends())"
 
+want() { case " ${STEPS:-tests bench profile memcheck} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if want tests; then
 stamp "GPU tests"
 "$py" -m pytest tests/test_cuda.py -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|assert" | head -80
+fi
 
+if want bench; then
 stamp "bench"
 "$py" bench/bench_cuda.py --max-seconds "$bench_seconds" --json "$out/bench.json" --markdown "$out/bench.md" \
     ${BENCH_ARGS:-} 2>&1
+fi
 
+if want profile; then
 stamp "profile"
 # Each entry: TYPE, or TYPE,VAR=VALUE[,VAR=VALUE] to profile with decode settings.
 for spec in ${PROFILE_TYPES:-F16 Q4_K Q4_K,FFNSKIP_CUDA_Q8X=1,FFNSKIP_CUDA_MV_ROWS=4}; do
@@ -53,10 +61,13 @@ for spec in ${PROFILE_TYPES:-F16 Q4_K Q4_K,FFNSKIP_CUDA_Q8X=1,FFNSKIP_CUDA_MV_RO
     echo "ncu $spec exit $?"
     "$py" bench/profile_cuda.py --summarize "$out/kernels-$name.csv" 2>&1 | head -20
 done
+fi
 
+if want memcheck; then
 stamp "memcheck"
 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$py" -m pytest tests/test_cuda.py -q -x \
     -p no:cacheprovider -k "odd_shapes and F16 or odd_shapes and Q4_1 or greedy_tokens and ffn_skip or 8bit_activations" \
     > "$out/memcheck.log" 2>&1
 echo "memcheck exit $?"; grep -E "ERROR SUMMARY|Invalid|passed|failed" "$out/memcheck.log" | head -20
+fi
 stamp "done"

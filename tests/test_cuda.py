@@ -156,6 +156,24 @@ def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch
     np.testing.assert_array_equal(other[4], base[4])
 
 
+@pytest.mark.parametrize("weight_type", ["F16", "BF16"])
+@pytest.mark.parametrize("rows", ["2", "4"])
+def test_split_rows_match_reference(gpu, synthetic_model, monkeypatch, weight_type, rows):
+    """FFNSKIP_CUDA_MV_SPLIT=1: a block's warps share its rows (partial sums added in
+    shared memory), with rows of 160 and 416 elements (not a multiple of the block's
+    1024-element step) and a vocabulary (389) that leaves the last block partly empty."""
+    from reference_forward import ReferenceModel
+
+    monkeypatch.setenv("FFNSKIP_CUDA_MV_SPLIT", "1")
+    monkeypatch.setenv("FFNSKIP_CUDA_MV_ROWS", rows)
+    path = str(synthetic_model(n_embd=160, n_layer=2, n_head=5, n_ff=416, n_vocab=389, weight_type=weight_type, seed=7))
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), _ref_tol(weight_type), f"{weight_type} prompt")
+    for t in (9, 44, 180, 388):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], _ref_tol(weight_type), f"{weight_type} decode, split rows")
+
+
 @pytest.mark.parametrize("setting", ["default", "FFNSKIP_CUDA_ATTN_SPLIT=1"])
 def test_long_context_decode_matches_reference(gpu, synthetic_model, monkeypatch, setting):
     """Decode steps after a 700-token prompt: attention over many keys per warp, and with

@@ -74,7 +74,8 @@ bool cuda_device_available(std::string* why) {
 // Decode kernel settings from the environment, for benchmarks and tests:
 // FFNSKIP_CUDA_PDL=1 programmatic dependent launch (compute capability 9.0 and newer),
 // FFNSKIP_CUDA_MV_ROWS=2|4 matrix rows per warp, FFNSKIP_CUDA_Q8X=1 Q4_K and Q8_0
-// products with 8-bit activations.
+// products with 8-bit activations, FFNSKIP_CUDA_MV_SPLIT=1 F16/BF16 products with a
+// block's warps sharing its rows.
 static cuda::Launch decode_settings(cuda::Launch base, int device) {
     auto flag = [](const char* name) { const char* v = std::getenv(name); return v && std::strcmp(v, "1") == 0; };
     if (flag("FFNSKIP_CUDA_PDL")) {
@@ -88,6 +89,7 @@ static cuda::Launch decode_settings(cuda::Launch base, int device) {
         base.mv_rows = std::atoi(rows);
     }
     base.q8_activations = flag("FFNSKIP_CUDA_Q8X");
+    base.mv_split = flag("FFNSKIP_CUDA_MV_SPLIT");
     return base;
 }
 

@@ -178,6 +178,9 @@ __host__ __device__ constexpr bool dense_type() { return T == GgmlType::F32 || T
 template <GgmlType T>
 __host__ __device__ constexpr bool has_q8x() { return T == GgmlType::Q4_K || T == GgmlType::Q8_0; }
 
+template <GgmlType T>
+__host__ __device__ constexpr bool has_split() { return T == GgmlType::F16 || T == GgmlType::BF16; }
+
 // Eight weights at element e (a multiple of 8) of a dense row.
 template <GgmlType T>
 __device__ __forceinline__ void load8(const uint8_t* row, int64_t e, float (&w)[8]) {
@@ -301,6 +304,45 @@ __device__ __forceinline__ void dense_dots(const uint8_t* const (&rows)[NR], int
             for (int i = 0; i < 8; i++) acc[r] += w[i] * xv[i];
         }
     }
+}
+
+// The split rows' path for the 16-bit dense types: the block's threads take elements
+// 8t .. 8t + 7 of every (8 x blockDim)-element chunk, and each thread has the weights of
+// DEPTH chunks in flight before it multiplies (streaming loads: weights are read once).
+template <GgmlType T, int NR>
+__device__ __forceinline__ void dense_dots_batched(const uint8_t* const (&rows)[NR], int64_t n_in,
+                                                   const float* __restrict__ x, int64_t first, int64_t stride,
+                                                   float (&acc)[NR]) {
+    static_assert(T == GgmlType::F16 || T == GgmlType::BF16, "16-bit weights only");
+    constexpr int DEPTH = NR <= 2 ? 4 : 2;
+    auto fma8 = [&](const uint4& wv, int64_t e, float& a) {
+        const float4 xa = *reinterpret_cast<const float4*>(x + e), xb = *reinterpret_cast<const float4*>(x + e + 4);
+        const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float2 f;
+            if constexpr (T == GgmlType::F16) f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+            else f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[j]));
+            a += f.x * xv[2 * j];
+            a += f.y * xv[2 * j + 1];
+        }
+    };
+    int64_t e = first;
+    for (; e + (DEPTH - 1) * stride < n_in; e += DEPTH * stride) {
+        uint4 w[DEPTH][NR];
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++)
+#pragma unroll
+            for (int r = 0; r < NR; r++) w[d][r] = __ldcs(reinterpret_cast<const uint4*>(rows[r]) + (e + d * stride) / 8);
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++)
+#pragma unroll
+            for (int r = 0; r < NR; r++) fma8(w[d][r], e + d * stride, acc[r]);
+    }
+    for (; e < n_in; e += stride)
+#pragma unroll
+        for (int r = 0; r < NR; r++) fma8(__ldcs(reinterpret_cast<const uint4*>(rows[r]) + e / 8), e, acc[r]);
 }
 
 template <GgmlType T, int NR>
@@ -449,13 +491,17 @@ __device__ __forceinline__ void store_rows(const MatvecArgs& a, int m, int64_t r
     }
 }
 
-template <GgmlType T, int MODE, int ROWS, bool Q8X>
+// SPLIT (16-bit dense types): the block's warps share ROWS rows, each taking a quarter
+// of every row, and add their sums in shared memory; more warps per row keep more loads
+// in flight when a matrix has few rows.
+template <GgmlType T, int MODE, int ROWS, bool Q8X, bool SPLIT>
 __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs a, const float* __restrict__ x) {
     wait_for_inputs();
     const int m = (int)blockIdx.x >= a.block_start[1] ? ((int)blockIdx.x >= a.block_start[2] ? 2 : 1) : 0;
     if (skipped(a.skip[m])) return;   // the whole block belongs to matrix m
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int64_t r0 = ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * ROWS;
+    const int64_t r0 = SPLIT ? (int64_t)(blockIdx.x - a.block_start[m]) * ROWS
+                             : ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * ROWS;
     const int64_t left = a.n_out[m] - r0;
     const int n_valid = left <= 0 ? 0 : (left < ROWS ? (int)left : ROWS);
 
@@ -471,7 +517,11 @@ __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs 
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
 
-    if constexpr (dense_type<T>()) {
+    if constexpr (SPLIT) {
+        static_assert(T == GgmlType::F16 || T == GgmlType::BF16, "split rows: 16-bit dense types only");
+        if (n_valid == 0) return;   // the same for the whole block
+        dense_dots_batched<T, NR>(rows, a.n_in, x, 8 * threadIdx.x, 8 * blockDim.x, acc);
+    } else if constexpr (dense_type<T>()) {
         if (n_valid == 0) return;
         dense_dots<T, NR>(rows, a.n_in, x, lane, acc);
     } else if constexpr (Q8X) {
@@ -491,7 +541,23 @@ __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs 
     }
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = warp_sum(acc[r]);
-    if (lane != 0) return;
+    if constexpr (SPLIT) {
+        __shared__ float part[MV_WARPS][NR];
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < NR; r++) part[warp][r] = acc[r];
+        __syncthreads();
+        if (threadIdx.x != 0) return;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < MV_WARPS; w++) sum += part[w][r];
+            acc[r] = sum;
+        }
+    } else if (lane != 0) {
+        return;
+    }
     if constexpr (MODE == MV_STORE) {
         store_rows<ROWS>(a, m, r0, n_valid, acc);
         return;
@@ -585,26 +651,29 @@ namespace {
 
 struct MatvecLaunch {
     const MatvecArgs& a; const float* x; int mode; unsigned blocks; const Launch& l;
-    template <GgmlType T, int ROWS, bool Q8X> void go() const {
+    template <GgmlType T, int ROWS, bool Q8X, bool SPLIT> void go() const {
         const size_t smem = matvec_smem(T, a.n_in, Q8X);
-        if (mode == MV_STORE) launch(l, matvec_kernel<T, MV_STORE, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
-        else if (mode == MV_ACCUMULATE) launch(l, matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
-        else launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X>, blocks, 32 * MV_WARPS, smem, a, x);
+        if (mode == MV_STORE) launch(l, matvec_kernel<T, MV_STORE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
+        else if (mode == MV_ACCUMULATE) launch(l, matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
+        else launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
     }
     template <GgmlType T> void operator()() const {
         if constexpr (has_q8x<T>()) {
-            if (uses_q8x(T, l)) { if (l.mv_rows == 4) go<T, 4, true>(); else go<T, 2, true>(); return; }
+            if (uses_q8x(T, l)) { if (l.mv_rows == 4) go<T, 4, true, false>(); else go<T, 2, true, false>(); return; }
         }
-        if (l.mv_rows == 4) go<T, 4, false>(); else go<T, 2, false>();
+        if constexpr (has_split<T>()) {
+            if (l.mv_split) { if (l.mv_rows == 4) go<T, 4, false, true>(); else go<T, 2, false, true>(); return; }
+        }
+        if (l.mv_rows == 4) go<T, 4, false, false>(); else go<T, 2, false, false>();
     }
 };
 
 struct MatvecSmemLimit {
     int bytes;
     template <GgmlType T, int ROWS, bool Q8X> void set() const {
-        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     }
     template <GgmlType T> void operator()() const {
         if constexpr (!dense_type<T>()) {
@@ -637,7 +706,8 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
     if (l.mv_rows != 2 && l.mv_rows != 4)
         throw Error("CUDA backend: rows per warp must be 2 or 4, not " + std::to_string(l.mv_rows));
     MatvecArgs a{};
-    const int rows_per_block = MV_WARPS * l.mv_rows;
+    const bool split = l.mv_split && (W[0]->type == GgmlType::F16 || W[0]->type == GgmlType::BF16);
+    const int rows_per_block = split ? l.mv_rows : MV_WARPS * l.mv_rows;
     const int counted = mode == MV_SWIGLU ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
     int32_t blocks = 0;
     for (int m = 0; m < 3; m++) {
