@@ -439,8 +439,9 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int64_t n_
 
 // What a launch computes: up to three matrices of one type and row length times x.
 // STORE: y_m = W_m x. ACCUMULATE: y_0 += W_0 x. SWIGLU: y_0 = silu(W_0 x) * (W_1 x), a
-// warp taking the same rows of W_0 and W_1.
-enum MatvecMode : int { MV_STORE = 0, MV_ACCUMULATE = 1, MV_SWIGLU = 2 };
+// warp taking the same rows of W_0 and W_1. QKV: as STORE, rows stored as a.qkv says
+// (its own mode so that the other kernels carry none of its registers).
+enum MatvecMode : int { MV_STORE = 0, MV_ACCUMULATE = 1, MV_SWIGLU = 2, MV_QKV = 3 };
 
 struct MatvecArgs {
     const uint8_t* W[3];
@@ -451,13 +452,14 @@ struct MatvecArgs {
     int n_mat;
     int64_t n_in;
     size_t row_bytes;
-    QkvStore qkv;   // MV_STORE: how matrix m's rows are stored
+    QkvStore qkv;   // MV_QKV: how matrix m's rows are stored
 };
 
-// Lane 0's results for rows r0 .. r0 + ROWS - 1 of matrix m, stored as a.qkv says (MV_STORE).
+// Lane 0's results for rows r0 .. r0 + ROWS - 1 of matrix m, stored as a.qkv says (MV_QKV).
 template <int ROWS>
 __device__ __forceinline__ void store_rows(const MatvecArgs& a, int m, int64_t r0, int n_valid, const float (&acc)[ROWS]) {
-    const RowStore how = a.qkv.store[m];
+    // Selected, not indexed: a run-time index into the parameter block puts it on the stack.
+    const RowStore how = m == 0 ? a.qkv.store[0] : m == 1 ? a.qkv.store[1] : a.qkv.store[2];
     if (how == RowStore::FLOAT) {
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
@@ -465,7 +467,7 @@ __device__ __forceinline__ void store_rows(const MatvecArgs& a, int m, int64_t r
         return;
     }
     // Q, K, V rows come in whole pairs: n_out and r0 are even.
-    const RopeParams& rp = a.qkv.rope;
+    const RopeParams rp = a.qkv.rope;
     const int p = *a.qkv.pos;
 #pragma unroll
     for (int r = 0; r < ROWS; r += 2) {
@@ -484,7 +486,8 @@ __device__ __forceinline__ void store_rows(const MatvecArgs& a, int m, int64_t r
             a.y[m][row] = x0;
             a.y[m][row + 1] = x1;
         } else {
-            __half* dst = a.qkv.cache[m] + (int64_t)p * a.n_out[m] + row;
+            __half* cache = m == 0 ? a.qkv.cache[0] : m == 1 ? a.qkv.cache[1] : a.qkv.cache[2];
+            __half* dst = cache + (int64_t)p * a.n_out[m] + row;
             dst[0] = __float2half_rn(x0);
             dst[1] = __float2half_rn(x1);
         }
@@ -558,14 +561,15 @@ __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs 
     } else if (lane != 0) {
         return;
     }
-    if constexpr (MODE == MV_STORE) {
+    if constexpr (MODE == MV_QKV) {
         store_rows<ROWS>(a, m, r0, n_valid, acc);
         return;
     }
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         if (r >= n_valid) break;
-        if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
+        if constexpr (MODE == MV_STORE) a.y[m][r0 + r] = acc[r];
+        else if constexpr (MODE == MV_ACCUMULATE) a.y[m][r0 + r] += acc[r];
         else {
             const float g = acc[r], up = acc[ROWS + r];
             a.y[0][r0 + r] = g / (1.0f + expf(-g)) * up;
@@ -654,6 +658,7 @@ struct MatvecLaunch {
     template <GgmlType T, int ROWS, bool Q8X, bool SPLIT> void go() const {
         const size_t smem = matvec_smem(T, a.n_in, Q8X);
         if (mode == MV_STORE) launch(l, matvec_kernel<T, MV_STORE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
+        else if (mode == MV_QKV) launch(l, matvec_kernel<T, MV_QKV, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
         else if (mode == MV_ACCUMULATE) launch(l, matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
         else launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
     }
@@ -672,6 +677,7 @@ struct MatvecSmemLimit {
     int bytes;
     template <GgmlType T, int ROWS, bool Q8X> void set() const {
         FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_QKV, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
         FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
         FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     }
@@ -726,7 +732,7 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
     for (int m = counted; m < 3; m++) a.block_start[m] = blocks;
     a.n_mat = n_mat;
     if (qkv) {
-        if (mode != MV_STORE) throw Error("CUDA backend: internal error: a RoPE store in a fused product");
+        if (mode != MV_QKV) throw Error("CUDA backend: internal error: a RoPE store in a fused product");
         a.qkv = *qkv;
         for (int m = 0; m < n_mat; m++)
             if (a.qkv.store[m] != RowStore::FLOAT && W[m]->n_out % 2 != 0)
@@ -757,7 +763,7 @@ void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, co
 void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n, const float* x,
                   const Launch& l, const QkvStore* qkv) {
     if (n < 1 || n > 3) throw Error("CUDA backend: internal error: matvec_multi of " + std::to_string(n) + " matrices");
-    launch_matvec(W, y, skip, n, MV_STORE, x, l, qkv);
+    launch_matvec(W, y, skip, n, qkv ? MV_QKV : MV_STORE, x, l, qkv);
 }
 
 void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l) {
