@@ -19,8 +19,8 @@ two is the roofline's. With --variants each model's dense decode is also measure
 with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; F16 rows
 shared by a block's warps; 8-bit activations for Q4_K and Q8_0; programmatic dependent
 launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; all
-but the first together with the split attention, measured with skipping too), to show
-what each choice gains. With --context N the dense decode is also measured after an
+but the first together with the split decode attention and the tiled prompt attention,
+measured with skipping and the prompt too), to show what each choice gains. With --context N the dense decode is also measured after an
 N-token prompt, where the KV cache read per step counts in the roofline.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
 with small fp16 scales, as the tests make K-quant blocks.
@@ -50,7 +50,7 @@ VARIANTS = {
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
     "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
     "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_MV_SPLIT": "1", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1", "FFNSKIP_CUDA_FUSE_NORM": "1",
-            "FFNSKIP_CUDA_FUSE_ROPE": "1", "FFNSKIP_CUDA_ATTN_SPLIT": "1"},
+            "FFNSKIP_CUDA_FUSE_ROPE": "1", "FFNSKIP_CUDA_ATTN_SPLIT": "1", "FFNSKIP_CUDA_ATTN_TILED": "1"},
 }
 Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
 
@@ -110,7 +110,8 @@ def decode_speed(session, n_tokens, skip, prompt=(1, 500, 2000, 7000)):
     session.reset()
     r = session.generate(list(prompt), max_tokens=n_tokens, temperature=0, ignore_eos=True, skip=skip)
     assert len(r.tokens) == n_tokens, len(r.tokens)
-    return r.stats["decode_tokens_per_second"], r.stats.get("skip_ratio_after_warmup", r.stats.get("skip_ratio"))
+    return (r.stats["decode_tokens_per_second"], r.stats.get("skip_ratio_after_warmup", r.stats.get("skip_ratio")),
+            r.stats["prompt_tokens_per_second"])
 
 
 def main():
@@ -210,7 +211,7 @@ def prompt_speed(session, n_tokens=512, repeats=3):
 def measure(session, shape_name, shape, type_name, settings, args, launches):
     decode_speed(session, 8, None)   # warm-up: graph capture, clocks
     speeds, rows = {}, []
-    if launches == "default":
+    if launches in ("default", "all"):
         pps = prompt_speed(session)
         rows.append(dict(shape=shape_name, type=type_name, variant=launches, setting="prompt512", tokens_per_s=pps,
                          roofline=float("nan"), fraction=float("nan"), skip_ratio=0.0, runs=[pps]))
@@ -236,8 +237,14 @@ def measure(session, shape_name, shape, type_name, settings, args, launches):
         # Dense decode after a long prompt: the roofline counts the KV cache read at the
         # middle position of the measured steps.
         prompt = [int(t) for t in np.random.default_rng(2).integers(1000, N_VOCAB, args.context)]
-        runs = [decode_speed(session, args.tokens, None, prompt)[0] for _ in range(args.repeats)]
+        measured = [decode_speed(session, args.tokens, None, prompt) for _ in range(args.repeats)]
+        runs = [r[0] for r in measured]
         tps = float(np.median(runs))
+        pps = float(np.median([r[2] for r in measured]))
+        rows.append(dict(shape=shape_name, type=type_name, variant=launches, setting=f"prompt{args.context}",
+                         tokens_per_s=pps, roofline=float("nan"), fraction=float("nan"), skip_ratio=0.0,
+                         runs=[r[2] for r in measured]))
+        print(f"{shape_name:4} {type_name:5} {launches:7} prompt{args.context} {pps:8.1f} tok/s", flush=True)
         step_bytes = bytes_per_token(shape, type_name) + kv_bytes_per_token(shape, args.context + args.tokens // 2)
         roof = args.bandwidth / step_bytes
         name = f"ctx{args.context}"

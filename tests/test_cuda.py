@@ -193,6 +193,26 @@ def test_long_context_decode_matches_reference(gpu, synthetic_model, monkeypatch
         _close(gpu_s.eval([t]), ref.forward([t])[-1], 5e-3, f"decode after 700 tokens ({setting})")
 
 
+@pytest.mark.parametrize("n_embd, n_head, n_head_kv", [(256, 4, 2), (256, 2, 1), (160, 5, 5)])
+def test_tiled_prompt_attention_matches_reference(gpu, synthetic_model, monkeypatch, n_embd, n_head, n_head_kv):
+    """FFNSKIP_CUDA_ATTN_TILED=1: prompt attention over tiles of 32 queries x 32 keys, for
+    head sizes 64, 128 and 32, a first batch of 75 tokens (the last query tile partial)
+    and a second batch of 40 at position 75 (keys before the batch), every position's
+    logits against the reference."""
+    from reference_forward import ReferenceModel
+
+    monkeypatch.setenv("FFNSKIP_CUDA_ATTN_TILED", "1")
+    path = str(synthetic_model(n_embd=n_embd, n_layer=2, n_head=n_head, n_head_kv=n_head_kv, n_ff=512,
+                               weight_type="F16", seed=9))
+    rng = np.random.default_rng(6)
+    first, second = [[int(t) for t in rng.integers(1, 250, n)] for n in (75, 40)]
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=256, backend="cuda")
+    _close(gpu_s.eval(first, all_logits=True), ref.forward(first), 5e-3, "tiled attention, first batch")
+    _close(gpu_s.eval(second, all_logits=True), ref.forward(second), 5e-3, "tiled attention, second batch")
+    _close(gpu_s.eval([44]), ref.forward([44])[-1], 5e-3, "decode after the tiled prompt")
+
+
 def test_bad_rows_per_warp_is_a_clear_error(gpu, synthetic_model, monkeypatch):
     monkeypatch.setenv("FFNSKIP_CUDA_MV_ROWS", "3")
     with pytest.raises(ValueError, match="FFNSKIP_CUDA_MV_ROWS must be 2 or 4"):

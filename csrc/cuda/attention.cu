@@ -9,6 +9,10 @@
 //   cut into n_splits ranges, one block each, so that a long context keeps every SM
 //   busy (one block per head leaves most of them idle); each block stores its (m, l,
 //   acc) and the last block of a head to finish merges them.
+// - attention_tiled_kernel (prompts with Launch::attn_tiled): one block per (head,
+//   TILE_Q queries) walks TILE_K keys at a time through shared memory, so each key and
+//   value is read once per 32 queries instead of once per query, and a score is one
+//   lane's dot product (no reduction across the warp per key).
 #include "cuda/attention.cuh"
 
 #include <cmath>
@@ -186,6 +190,146 @@ __global__ void attention_split_kernel(const float* __restrict__ q, const __half
     if (threadIdx.x == 0) splits.done[h] = 0;   // ready for the next layer
 }
 
+// ---- prompts: tiles of queries and keys -------------------------------------------------
+
+constexpr int TILE_Q = 32;                       // queries per block
+constexpr int TILE_K = 32;                       // keys per step: one per lane
+constexpr int TILE_WARPS = 8;
+constexpr int Q_PER_WARP = TILE_Q / TILE_WARPS;  // queries each warp owns
+
+// Shared memory: queries (TILE_Q, hd) float, keys and values (TILE_K, hd + 2) fp16 (the
+// padding puts lane j's row j on its own bank), probabilities (TILE_Q, TILE_K) float.
+size_t tiled_smem(int head_dim) {
+    return (size_t)TILE_Q * head_dim * 4 + 2 * (size_t)TILE_K * (head_dim + 2) * 2 + (size_t)TILE_Q * TILE_K * 4;
+}
+
+// HL: head elements per lane (head_dim <= 32 * HL).
+template <int HL>
+__global__ void __launch_bounds__(32 * TILE_WARPS)
+    attention_tiled_kernel(const float* __restrict__ q, const __half* __restrict__ k_cache,
+                           const __half* __restrict__ v_cache, float* __restrict__ out, int n_tokens, int n_head,
+                           int n_head_kv, int head_dim, float scale, const int* pos, const int* skip) {
+    wait_for_inputs();
+    if (skipped(skip)) return;
+    extern __shared__ float smem[];
+    const int h = blockIdx.x, t0 = blockIdx.y * TILE_Q;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int kvh = h / (n_head / n_head_kv);
+    const int kv_width = n_head_kv * head_dim;
+    const int p0 = *pos;
+    const int nq = min(TILE_Q, n_tokens - t0);
+    const int row = head_dim + 2;   // halves per staged key or value
+    float* qs = smem;
+    __half* ks = reinterpret_cast<__half*>(qs + TILE_Q * head_dim);
+    __half* vs = ks + TILE_K * row;
+    float* ps = reinterpret_cast<float*>(vs + TILE_K * row);
+
+    // The block's queries, rounded to fp16 like the cached keys (as the other kernels).
+    for (int i = threadIdx.x; i < TILE_Q * head_dim; i += blockDim.x) {
+        const int qi = i / head_dim, d = i % head_dim;
+        qs[i] = qi < nq ? __half2float(__float2half_rn(q[((int64_t)(t0 + qi) * n_head + h) * head_dim + d])) : 0.0f;
+    }
+    float m[Q_PER_WARP], l[Q_PER_WARP], acc[Q_PER_WARP][HL];
+#pragma unroll
+    for (int a = 0; a < Q_PER_WARP; a++) {
+        m[a] = -INFINITY;
+        l[a] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < HL; e++) acc[a][e] = 0.0f;
+    }
+    const int n_keys = p0 + t0 + nq;   // the block's last query sees keys 0 .. n_keys - 1
+    const int half_dim = head_dim / 2;
+    for (int k0 = 0; k0 < n_keys; k0 += TILE_K) {
+        __syncthreads();   // the queries are stored, the previous tile is used up
+        for (int i = threadIdx.x; i < TILE_K * half_dim; i += blockDim.x) {
+            const int j = i / half_dim, c = i % half_dim;
+            const int key = k0 + j;
+            __half2 kv = __float2half2_rn(0.0f), vv = __float2half2_rn(0.0f);
+            if (key < n_keys) {
+                const int64_t at = (int64_t)key * kv_width + (int64_t)kvh * head_dim + 2 * c;
+                kv = *reinterpret_cast<const __half2*>(k_cache + at);
+                vv = *reinterpret_cast<const __half2*>(v_cache + at);
+            }
+            *reinterpret_cast<__half2*>(ks + j * row + 2 * c) = kv;
+            *reinterpret_cast<__half2*>(vs + j * row + 2 * c) = vv;
+        }
+        __syncthreads();
+
+        // Scores: lane j takes key k0 + j against the warp's queries.
+        float s[Q_PER_WARP];
+#pragma unroll
+        for (int a = 0; a < Q_PER_WARP; a++) s[a] = 0.0f;
+        const __half2* kr = reinterpret_cast<const __half2*>(ks + lane * row);
+        const float* qw = qs + warp * Q_PER_WARP * head_dim;
+        for (int c = 0; c < half_dim; c++) {
+            const float2 kf = __half22float2(kr[c]);
+#pragma unroll
+            for (int a = 0; a < Q_PER_WARP; a++) {
+                const float2 qv = *reinterpret_cast<const float2*>(qw + a * head_dim + 2 * c);
+                s[a] += qv.x * kf.x;
+                s[a] += qv.y * kf.y;
+            }
+        }
+        const int key = k0 + lane;
+        float* pw = ps + warp * Q_PER_WARP * TILE_K;
+#pragma unroll
+        for (int a = 0; a < Q_PER_WARP; a++) {
+            const int t = t0 + warp * Q_PER_WARP + a;
+            const float sa = (t < n_tokens && key <= p0 + t) ? s[a] * scale : -INFINITY;
+            const float m_new = fmaxf(m[a], warp_max(sa));
+            // A query past the batch never sees a key: keep it at zero, not NaN.
+            const float rescale = m_new == -INFINITY ? 1.0f : expf(m[a] - m_new);
+            const float p = m_new == -INFINITY ? 0.0f : expf(sa - m_new);
+            l[a] = l[a] * rescale + warp_sum(p);
+            pw[a * TILE_K + lane] = p;
+#pragma unroll
+            for (int e = 0; e < HL; e++) acc[a][e] *= rescale;
+            m[a] = m_new;
+        }
+        __syncwarp();
+
+        // Weighted values: lane holds head elements lane, lane + 32, ...
+        for (int j = 0; j < TILE_K; j++) {
+            const __half* vr = vs + j * row;
+            float v[HL];
+#pragma unroll
+            for (int e = 0; e < HL; e++) {
+                const int d = lane + 32 * e;
+                v[e] = d < head_dim ? __half2float(vr[d]) : 0.0f;
+            }
+#pragma unroll
+            for (int a = 0; a < Q_PER_WARP; a++) {
+                const float pj = pw[a * TILE_K + j];
+#pragma unroll
+                for (int e = 0; e < HL; e++) acc[a][e] += pj * v[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < Q_PER_WARP; a++) {
+        const int t = t0 + warp * Q_PER_WARP + a;
+        if (t >= n_tokens) continue;
+        const float inv = 1.0f / l[a];
+        float* o = out + ((int64_t)t * n_head + h) * head_dim;
+#pragma unroll
+        for (int e = 0; e < HL; e++) {
+            const int d = lane + 32 * e;
+            if (d < head_dim) o[d] = acc[a][e] * inv;
+        }
+    }
+}
+
+template <int HL>
+void launch_tiled(const Launch& l, const float* q, const __half* k_cache, const __half* v_cache, float* out,
+                  int n_tokens, int n_head, int n_head_kv, int head_dim, float scale, const int* pos, const int* skip) {
+    const size_t smem = tiled_smem(head_dim);
+    if (smem > 48 * 1024)
+        FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<HL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)smem));
+    launch(l, attention_tiled_kernel<HL>, dim3(n_head, (n_tokens + TILE_Q - 1) / TILE_Q), 32 * TILE_WARPS, smem, q,
+           k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
+}
+
 }  // namespace
 
 size_t AttentionSplits::bytes(int n_head, int head_dim, int n_splits) {
@@ -196,6 +340,12 @@ void attention(const float* q, const __half* k_cache, const __half* v_cache, flo
                int n_head_kv, int head_dim, const int* pos, const int* skip, const Launch& l,
                const AttentionSplits* splits) {
     const float scale = 1.0f / std::sqrt((float)head_dim);
+    if (n_tokens > 1 && l.attn_tiled) {
+        if (head_dim <= 64) launch_tiled<2>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
+        else if (head_dim <= 128) launch_tiled<4>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
+        else launch_tiled<8>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
+        return;
+    }
     if (n_tokens == 1 && splits && splits->n_splits > 1) {
         launch(l, attention_split_kernel, dim3(n_head, splits->n_splits), 32 * SPLIT_WARPS, 0, q, k_cache, v_cache, out,
                n_head, n_head_kv, head_dim, scale, pos, skip, *splits);

@@ -147,6 +147,8 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     decode_launch_ = decode_settings(launch_, device_);   // before anything needs releasing
     FFNSKIP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     launch_.stream = decode_launch_.stream = stream_;
+    const char* tiled = std::getenv("FFNSKIP_CUDA_ATTN_TILED");   // "1": prompt attention over query/key tiles
+    launch_.attn_tiled = tiled && std::strcmp(tiled, "1") == 0;
     try {
         allocate_and_upload();
     } catch (...) {

@@ -24,6 +24,7 @@ struct Launch {
     int mv_rows = 2;               // matrix rows per warp of the decode products: 2 or 4
     bool q8_activations = false;   // Q4_K and Q8_0 decode products with 8-bit x (dp4a), as llama.cpp
     bool mv_split = false;         // F16/BF16 decode products: a block's 4 warps share its rows
+    bool attn_tiled = false;       // prompt attention over tiles of 32 queries x 32 keys
 };
 
 // Launches kernel<<<grid, block, smem, l.stream>>>(args...), with programmatic
