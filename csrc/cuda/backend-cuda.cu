@@ -338,6 +338,8 @@ void CudaForward::allocate_and_upload() {
     FFNSKIP_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&logits_host_), nb * hp.n_vocab * sizeof(float)));
     mask_.assign(hp.n_layer, 0);
     cuda::matvec_prepare(max_in);
+    // The memsets above ran on the legacy stream, which stream_ (non-blocking) does not wait for.
+    FFNSKIP_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 // ---- matrix products ---------------------------------------------------------------
