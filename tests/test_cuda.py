@@ -248,9 +248,14 @@ def test_odd_shapes_match_reference(gpu, synthetic_model, monkeypatch, weight_ty
         _close(gpu_s.eval([t]), ref.forward([t])[-1], tol, f"{weight_type} odd shapes decode, fuse={fuse}")
 
 
-def test_mixed_types_and_gqa_match_cpu(gpu, synthetic_model):
+@pytest.mark.parametrize("fuse_rope", ["0", "1"])
+def test_mixed_types_and_gqa_match_reference(gpu, synthetic_model, monkeypatch, fuse_rope):
+    """Q4_K with Q6_K values and down projection (Q/K in one launch, V in another, each
+    launch with its own row stores when FFNSKIP_CUDA_FUSE_ROPE=1), Q8_0 embeddings, GQA."""
+    monkeypatch.setenv("FFNSKIP_CUDA_FUSE_ROPE", fuse_rope)
     path = str(synthetic_model(n_embd=256, n_layer=2, n_head=8, n_head_kv=2, n_ff=768, weight_type="Q4_K",
-                               tensor_types={"blk.*.ffn_down.weight": "Q6_K", "token_embd.weight": "Q8_0"},
+                               tensor_types={"blk.*.ffn_down.weight": "Q6_K", "blk.*.attn_v.weight": "Q6_K",
+                                             "token_embd.weight": "Q8_0"},
                                tied_output=False, seed=5))
     from reference_forward import ReferenceModel
 
