@@ -70,8 +70,8 @@ void attend(const AttnKernels& ak, const float* q, size_t q_stride, int n_q, int
 // One decode step of every head of a layer: query h (of n_head) sees keys [0, n_keys)
 // of KV head h / (n_head / n_head_kv), read from the fp16 cache in place. q: (n_head,
 // hd) already rounded to fp16 values; k, v: cache rows of kv_stride elements, KV head
-// h at offset h * hd; scores: (n_head, s_stride) scratch, s_stride >= n_keys; out:
-// (n_head, hd). Each row of keys and values is read from memory once for all heads
+// h at offset h * hd; scores: (n_head, s_stride) scratch, s_stride >= n_keys rounded
+// up to 8; out: (n_head, hd). Each row of keys and values is read from memory once for all heads
 // (the threads split the keys for the scores, the heads' dims for the values), and
 // every output equals attend() on the same query, keys and values.
 void attend_step(ThreadPool& pool, const AttnKernels& ak, const float* q, int n_head, int n_head_kv, int hd,
