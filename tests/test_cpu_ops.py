@@ -207,3 +207,42 @@ def test_attend_rejects_bad_shapes():
         core._attend(q, k, k, 5)
     with pytest.raises(ValueError, match="head_dim"):
         core._attend(q, k[:, :32], k, 1)
+
+
+# ---- a decode step's attention, through whole sessions --------------------------------
+# One-token steps read the fp16 cache in place for all heads at once; these check
+# them against the numpy reference forward (an F32 model, so attention is the only
+# difference in arithmetic besides float rounding) and against the prompt path.
+
+DECODE_SHAPES = [
+    dict(n_embd=192, n_head=3, n_head_kv=1),    # head_dim 64, three queries per KV head
+    dict(n_embd=180, n_head=9, n_head_kv=3),    # head_dim 20 -> scalar path (not a multiple of 8)
+    dict(n_embd=160, n_head=4, n_head_kv=1),    # head_dim 40: a 32-dim slice and an 8-dim tail; 3 + 1 queries
+    dict(n_embd=96, n_head=4, n_head_kv=2),     # head_dim 24: a 24-dim tail alone; 2 queries
+    dict(n_embd=128, n_head=2, n_head_kv=2),    # head_dim 64, one query per KV head
+]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: f"{s['n_head']}x{s['n_embd'] // s['n_head']}/{s['n_head_kv']}")
+def test_decode_steps_match_numpy(synthetic_model, shape, n_threads):
+    import ffnskip
+    from reference_forward import ReferenceModel
+
+    path = synthetic_model(weight_type="F32", n_layer=2, n_ctx=128, seed=11, **shape)
+    rng = np.random.default_rng(3)
+    prompt = [int(t) for t in rng.integers(3, 300, 45)]
+    steps = [int(t) for t in rng.integers(3, 300, 20)]   # 46..65 keys: partial and whole tiles
+    ref = ReferenceModel(path, kv_f16=True)
+    ref.forward(prompt, 0)
+    want = np.stack([ref.forward([t])[0] for t in steps])
+
+    session = ffnskip.Session(str(path), n_ctx=128, n_threads=n_threads)
+    session.eval(prompt)
+    got = np.stack([session.eval([t]) for t in steps])
+    assert np.abs(got - want).max() / want.std() < 1e-3
+
+    # The same tokens as one prompt give the same bits (the prompt path converts the
+    # cache to float and batches queries; the step path must not change any sum).
+    batch = ffnskip.Session(str(path), n_ctx=128, n_threads=n_threads).eval(prompt + steps, all_logits=True)
+    np.testing.assert_array_equal(got, batch[len(prompt):])

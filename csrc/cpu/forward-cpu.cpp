@@ -53,6 +53,16 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     s_.scores.resize(max_threads * ATTN_TOKENS * ctx_pad);
 }
 
+// dst = src rounded to fp16 values.
+static void round_queries_f16(const AttnKernels& ak, const float* src, float* dst, size_t n) {
+    for (size_t i0 = 0; i0 < n; i0 += 256) {
+        uint16_t h[256];
+        const int m = (int)std::min<size_t>(256, n - i0);
+        ak.to_f16(h, src + i0, m);
+        ak.to_f32(dst + i0, h, m);
+    }
+}
+
 void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) {
     const HParams& hp = m_.hp;
     const int hd = hp.head_dim;
@@ -62,6 +72,17 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
     const AttnKernels ak = attn_kernels(hd);
     const int n_ctx = kv_.n_ctx;
     const size_t ctx_pad = ((size_t)n_ctx + 7) / 8 * 8;
+    if (n == 1) {
+        // A decode step reads the fp16 cache in place, each row once for all heads:
+        // converting it to float first wrote and re-read twice its size per head.
+        const size_t q_elems = (size_t)hp.n_head * hd;
+        if (s_.att_q.size() < q_elems) s_.att_q.resize(q_elems);
+        if (s_.scores.size() < hp.n_head * ctx_pad) s_.scores.resize(hp.n_head * ctx_pad);
+        round_queries_f16(ak, s_.q.data(), s_.att_q.data(), q_elems);
+        attend_step(pool, ak, s_.att_q.data(), hp.n_head, hp.n_head_kv, hd, kv_.k_at(layer, 0), kv_.v_at(layer, 0),
+                    kv_.kv_width, pos + 1, scale, s_.scores.data(), ctx_pad, s_.att_out.data());
+        return;
+    }
     // One task per (KV head, block of ATTN_TOKENS tokens): its keys and values are
     // converted to float once and read by all group * ATTN_TOKENS queries. Each token
     // sees the cache up to its own position.
@@ -95,13 +116,7 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
             for (int t = 0; t < nt; t++) {
                 for (int g = 0; g < group; g++) {
                     const float* q32 = s_.q.data() + (size_t)(t0 + t) * q_width + (size_t)(kvh * group + g) * hd;
-                    float* q = qf + ((size_t)g * nt + t) * hd;
-                    for (int i0 = 0; i0 < hd; i0 += 256) {
-                        uint16_t h[256];
-                        const int m = std::min(256, hd - i0);
-                        ak.to_f16(h, q32 + i0, m);
-                        ak.to_f32(q + i0, h, m);
-                    }
+                    round_queries_f16(ak, q32, qf + ((size_t)g * nt + t) * hd, hd);
                 }
             }
             for (int g = 0; g < group; g++) {

@@ -47,6 +47,16 @@ struct AttnKernels {
     void (*softmax)(float* s, int n);
     // out[0..hd) += sum over j < n_keys of p[j] * v_j, in key order. v: (n_keys, hd)
     void (*accum)(float* out, const float* p, const float* v, int n_keys, int hd);
+    // The same two read straight from fp16 rows (row j at k + j * k_stride), for n_q
+    // queries that share the keys; each result equals scores / accum on the rows
+    // converted to float. scores_f16: s[i * s_stride + j] for i < n_q, j < n_keys
+    // (nothing past n_keys is read or written). accum_f16: out[i * out_stride + d] +=
+    // sum over j of p[i * p_stride + j] * v_j[d], for d < n_dims (a multiple of 8 on
+    // the SIMD path).
+    void (*scores_f16)(float* s, size_t s_stride, const float* q, size_t q_stride, int n_q, const uint16_t* k,
+                       size_t k_stride, int n_keys, int hd, float scale);
+    void (*accum_f16)(float* out, size_t out_stride, const float* p, size_t p_stride, int n_q, const uint16_t* v,
+                      size_t v_stride, int n_keys, int n_dims);
 };
 AttnKernels attn_kernels(int head_dim);
 
@@ -56,6 +66,17 @@ AttnKernels attn_kernels(int head_dim);
 // Keys are taken in tiles that stay in L1 while every query reads them.
 void attend(const AttnKernels& ak, const float* q, size_t q_stride, int n_q, int n_keys0, const float* k,
             const float* v, int hd, float scale, float* scores, size_t s_stride, float* out, size_t out_stride);
+
+// One decode step of every head of a layer: query h (of n_head) sees keys [0, n_keys)
+// of KV head h / (n_head / n_head_kv), read from the fp16 cache in place. q: (n_head,
+// hd) already rounded to fp16 values; k, v: cache rows of kv_stride elements, KV head
+// h at offset h * hd; scores: (n_head, s_stride) scratch, s_stride >= n_keys rounded
+// up to 8; out: (n_head, hd). Each row of keys and values is read from memory once for all heads
+// (the threads split the keys for the scores, the heads' dims for the values), and
+// every output equals attend() on the same query, keys and values.
+void attend_step(ThreadPool& pool, const AttnKernels& ak, const float* q, int n_head, int n_head_kv, int hd,
+                 const uint16_t* k, const uint16_t* v, size_t kv_stride, int n_keys, float scale, float* scores,
+                 size_t s_stride, float* out);
 
 // out[i] = exp(x[i]); the SIMD version is within ~2 ulp of std::exp.
 void vec_exp(float* out, const float* x, int64_t n);
