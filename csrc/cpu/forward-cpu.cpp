@@ -49,8 +49,9 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     // Rows past n_ctx stay zero: the kernels read keys in groups of 8.
     s_.att_kv.assign(max_threads * 2 * ctx_pad * hp.head_dim, 0.0f);
     s_.att_conv.assign(max_threads * 2, -1);
-    s_.att_q.resize(max_threads * ATTN_TOKENS * group * hp.head_dim);
-    s_.scores.resize(max_threads * ATTN_TOKENS * ctx_pad);
+    // The prompt path's per-thread tiles, or a decode step's whole layer (attend_step).
+    s_.att_q.resize(std::max(max_threads * ATTN_TOKENS * group, (size_t)hp.n_head) * hp.head_dim);
+    s_.scores.resize(std::max(max_threads * ATTN_TOKENS, (size_t)hp.n_head) * ctx_pad);
 }
 
 // dst = src rounded to fp16 values.
@@ -76,8 +77,6 @@ void CpuForward::attention(ThreadPool& pool, int layer, int32_t n, int32_t pos) 
         // A decode step reads the fp16 cache in place, each row once for all heads:
         // converting it to float first wrote and re-read twice its size per head.
         const size_t q_elems = (size_t)hp.n_head * hd;
-        if (s_.att_q.size() < q_elems) s_.att_q.resize(q_elems);
-        if (s_.scores.size() < hp.n_head * ctx_pad) s_.scores.resize(hp.n_head * ctx_pad);
         round_queries_f16(ak, s_.q.data(), s_.att_q.data(), q_elems);
         attend_step(pool, ak, s_.att_q.data(), hp.n_head, hp.n_head_kv, hd, kv_.k_at(layer, 0), kv_.v_at(layer, 0),
                     kv_.kv_width, pos + 1, scale, s_.scores.data(), ctx_pad, s_.att_out.data());

@@ -36,8 +36,8 @@ struct RunState {
     // Attention scratch per thread (ctx_pad = n_ctx rounded up to 8, tokens = ATTN_TOKENS):
     std::vector<float> att_kv;     // (n_threads, 2, ctx_pad, head_dim) one KV head's keys, values as float
     std::vector<int32_t> att_conv; // (n_threads, 2) which KV head att_kv holds, and how many rows
-    std::vector<float> att_q;      // (n_threads, tokens * group, head_dim) queries rounded to fp16
-    std::vector<float> scores;     // (n_threads, tokens, ctx_pad) attention weights
+    std::vector<float> att_q;      // (n_threads, tokens * group, head_dim) queries rounded to fp16; decode: (n_head, head_dim)
+    std::vector<float> scores;     // (n_threads, tokens, ctx_pad) attention weights; decode: (n_head, ctx_pad)
     std::vector<float> hb;         // (n_batch, n_ff) gate, then silu(gate) * up
     std::vector<float> hb2;        // (n_batch, n_ff) up
     std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
