@@ -20,8 +20,9 @@ with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; F1
 shared by a block's warps; 8-bit activations for Q4_K and Q8_0; programmatic dependent
 launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; all
 but the first together with the split decode attention and the tiled prompt attention,
-measured with skipping and the prompt too), to show what each choice gains. With --context N the dense decode is also measured after an
-N-token prompt, where the KV cache read per step counts in the roofline.
+measured with skipping and the prompt too), to show what each choice gains. With
+--context N the dense decode is also measured after an N-token prompt, where the KV
+cache read per step counts in the roofline.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
 with small fp16 scales, as the tests make K-quant blocks.
 """
@@ -49,9 +50,10 @@ VARIANTS = {
     "pdl": {"FFNSKIP_CUDA_PDL": "1"},
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
     "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
-    "all": {"FFNSKIP_CUDA_MV_ROWS": "4", "FFNSKIP_CUDA_MV_SPLIT": "1", "FFNSKIP_CUDA_Q8X": "1", "FFNSKIP_CUDA_PDL": "1", "FFNSKIP_CUDA_FUSE_NORM": "1",
-            "FFNSKIP_CUDA_FUSE_ROPE": "1", "FFNSKIP_CUDA_ATTN_SPLIT": "1", "FFNSKIP_CUDA_ATTN_TILED": "1"},
 }
+# Every setting but "unfused" together, with the split decode and tiled prompt attention.
+VARIANTS["all"] = {k: v for name, env in VARIANTS.items() if name != "unfused" for k, v in env.items()}
+VARIANTS["all"].update(FFNSKIP_CUDA_ATTN_SPLIT="1", FFNSKIP_CUDA_ATTN_TILED="1")
 Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
 
 

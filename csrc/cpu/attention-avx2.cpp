@@ -1,5 +1,6 @@
 // AVX2 + FMA attention inner loops over float keys and values, and over fp16 cache
-// rows for a decode step (see AttnKernels in ops.h). Compiled with -mavx2 -mfma -mf16c; called only after the run-time CPU check.
+// rows for a decode step (see AttnKernels in ops.h). Compiled with -mavx2 -mfma
+// -mf16c; called only after the run-time CPU check.
 #include "cpu/ops.h"
 
 #include <cmath>

@@ -336,6 +336,11 @@ size_t AttentionSplits::bytes(int n_head, int head_dim, int n_splits) {
     return (size_t)n_head * n_splits * (head_dim + 2) * sizeof(float) + (size_t)n_head * sizeof(unsigned);
 }
 
+void AttentionSplits::place(void* base, int n_head, int head_dim) {
+    partial = static_cast<float*>(base);
+    done = reinterpret_cast<unsigned*>(partial + (size_t)n_head * n_splits * (head_dim + 2));
+}
+
 void attention(const float* q, const __half* k_cache, const __half* v_cache, float* out, int n_tokens, int n_head,
                int n_head_kv, int head_dim, const int* pos, const int* skip, const Launch& l,
                const AttentionSplits* splits) {

@@ -21,6 +21,8 @@ struct AttentionSplits {
     unsigned* done = nullptr;   // (n_head) ranges finished; zero between launches
     // Bytes of partial followed by done.
     static size_t bytes(int n_head, int head_dim, int n_splits);
+    // Points partial and done into `bytes()` of device memory at base (n_splits set).
+    void place(void* base, int n_head, int head_dim);
 };
 
 // q, out: (n_tokens, n_head * head_dim); caches: (n_ctx, n_head_kv * head_dim).

@@ -71,14 +71,19 @@ bool cuda_device_available(std::string* why) {
     return cuda::cublas_api(why) != nullptr;
 }
 
+// Whether environment variable `name` is set to exactly `value`.
+static bool env_is(const char* name, const char* value) {
+    const char* v = std::getenv(name);
+    return v && std::strcmp(v, value) == 0;
+}
+
 // Decode kernel settings from the environment, for benchmarks and tests:
 // FFNSKIP_CUDA_PDL=1 programmatic dependent launch (compute capability 9.0 and newer),
 // FFNSKIP_CUDA_MV_ROWS=2|4 matrix rows per warp, FFNSKIP_CUDA_Q8X=1 Q4_K and Q8_0
 // products with 8-bit activations, FFNSKIP_CUDA_MV_SPLIT=1 F16/BF16 products with a
 // block's warps sharing its rows.
 static cuda::Launch decode_settings(cuda::Launch base, int device) {
-    auto flag = [](const char* name) { const char* v = std::getenv(name); return v && std::strcmp(v, "1") == 0; };
-    if (flag("FFNSKIP_CUDA_PDL")) {
+    if (env_is("FFNSKIP_CUDA_PDL", "1")) {
         int major = 0;
         FFNSKIP_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
         base.pdl = major >= 9;
@@ -88,16 +93,15 @@ static cuda::Launch decode_settings(cuda::Launch base, int device) {
             throw std::invalid_argument(std::string("FFNSKIP_CUDA_MV_ROWS must be 2 or 4, not '") + rows + "'");
         base.mv_rows = std::atoi(rows);
     }
-    base.q8_activations = flag("FFNSKIP_CUDA_Q8X");
-    base.mv_split = flag("FFNSKIP_CUDA_MV_SPLIT");
+    base.q8_activations = env_is("FFNSKIP_CUDA_Q8X", "1");
+    base.mv_split = env_is("FFNSKIP_CUDA_MV_SPLIT", "1");
     return base;
 }
 
 // FFNSKIP_CUDA_ATTN_SPLIT=1: decode attention cuts each head's keys into ranges, about
 // four blocks per SM over all heads (2 to 32 ranges per head); else one block per head.
 static int attention_splits(int n_head, int device) {
-    const char* v = std::getenv("FFNSKIP_CUDA_ATTN_SPLIT");
-    if (!v || std::strcmp(v, "1") != 0) return 0;
+    if (!env_is("FFNSKIP_CUDA_ATTN_SPLIT", "1")) return 0;
     int sms = 0;
     FFNSKIP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     return std::clamp((4 * sms + n_head - 1) / n_head, 2, 32);
@@ -131,14 +135,10 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     n_ctx_ = params.n_ctx;
     n_batch_ = params.n_batch;
     kv_width_ = hp.n_head_kv * hp.head_dim;
-    const char* graphs = std::getenv("FFNSKIP_CUDA_GRAPH");   // "0": launch decode steps one kernel at a time
-    use_graph_ = !(graphs && std::strcmp(graphs, "0") == 0);
-    const char* fuse = std::getenv("FFNSKIP_CUDA_FUSE");       // "0": one launch per matrix, as the prompt path
-    fuse_ = !(fuse && std::strcmp(fuse, "0") == 0);
-    const char* fuse_norm = std::getenv("FFNSKIP_CUDA_FUSE_NORM");   // "1": the gate kernel computes the next RMSNorm
-    fuse_norm_ = fuse_norm && std::strcmp(fuse_norm, "1") == 0;
-    const char* fuse_rope = std::getenv("FFNSKIP_CUDA_FUSE_ROPE");   // "1": Q/K/V products rotate and store the cache
-    fuse_rope_ = fuse_rope && std::strcmp(fuse_rope, "1") == 0;
+    use_graph_ = !env_is("FFNSKIP_CUDA_GRAPH", "0");       // "0": launch decode steps one kernel at a time
+    fuse_ = !env_is("FFNSKIP_CUDA_FUSE", "0");             // "0": one launch per matrix, as the prompt path
+    fuse_norm_ = env_is("FFNSKIP_CUDA_FUSE_NORM", "1");    // the gate kernel computes the next RMSNorm
+    fuse_rope_ = env_is("FFNSKIP_CUDA_FUSE_ROPE", "1");    // Q/K/V products rotate and store the cache
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -147,8 +147,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     decode_launch_ = decode_settings(launch_, device_);   // before anything needs releasing
     FFNSKIP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     launch_.stream = decode_launch_.stream = stream_;
-    const char* tiled = std::getenv("FFNSKIP_CUDA_ATTN_TILED");   // "1": prompt attention over query/key tiles
-    launch_.attn_tiled = tiled && std::strcmp(tiled, "1") == 0;
+    launch_.attn_tiled = env_is("FFNSKIP_CUDA_ATTN_TILED", "1");   // prompt attention over query/key tiles
     try {
         allocate_and_upload();
     } catch (...) {
@@ -323,10 +322,8 @@ void CudaForward::allocate_and_upload() {
     tile_ = static_cast<__half*>(take((size_t)tile_elems_ * 2));
     step_d_.place(take(step_d_.bytes), n_batch_, hp.n_layer);
     if (attn_splits_.n_splits) {
-        void* ws = take(cuda::AttentionSplits::bytes(hp.n_head, hp.head_dim, attn_splits_.n_splits));
-        attn_splits_.partial = static_cast<float*>(ws);
-        attn_splits_.done = reinterpret_cast<unsigned*>(attn_splits_.partial +
-                                                        (size_t)hp.n_head * attn_splits_.n_splits * (hp.head_dim + 2));
+        attn_splits_.place(take(cuda::AttentionSplits::bytes(hp.n_head, hp.head_dim, attn_splits_.n_splits)), hp.n_head,
+                           hp.head_dim);
         FFNSKIP_CUDA_CHECK(cudaMemset(attn_splits_.done, 0, (size_t)hp.n_head * sizeof(unsigned)));
     }
     if (off > need) throw Error("CUDA backend: internal error: buffer layout overflow");
@@ -416,14 +413,16 @@ bool CudaForward::project_qkv(const CudaLayer& L, int il, int32_t n, const int* 
     for (int i = 0; i < 3;) {
         int j = i + 1;
         while (j < 3 && cuda::fusable(*W[i], *W[j])) j++;
-        cuda::QkvStore qkv;
-        qkv.rope = rope_;
-        qkv.pos = step_d_.pos;
-        for (int m = i; m < j; m++) {
-            qkv.store[m - i] = stores[m];
-            qkv.cache[m - i] = caches[m];
+        if (!fold_rope) {
+            cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s);
+        } else {
+            cuda::QkvStore qkv;   // this launch's matrices: their slice of stores and caches
+            qkv.rope = rope_;
+            qkv.pos = step_d_.pos;
+            std::copy(stores + i, stores + j, qkv.store);
+            std::copy(caches + i, caches + j, qkv.cache);
+            cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s, &qkv);
         }
-        cuda::matvec_multi(W + i, y + i, skip + i, j - i, xb_, s, fold_rope ? &qkv : nullptr);
         i = j;
     }
     return fold_rope;

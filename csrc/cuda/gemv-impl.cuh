@@ -39,6 +39,11 @@ struct MatvecArgs {
     QkvStore qkv;   // MV_QKV: how matrix m's rows are stored
 };
 
+// Whether the block's warps share its rows (Launch::mv_split): 16-bit dense types only.
+inline bool splits_rows(GgmlType type, const Launch& l) {
+    return l.mv_split && (type == GgmlType::F16 || type == GgmlType::BF16);
+}
+
 inline bool uses_q8x(GgmlType type, const Launch& l) {
     return l.q8_activations && (type == GgmlType::Q4_K || type == GgmlType::Q8_0);
 }

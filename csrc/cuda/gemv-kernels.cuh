@@ -604,7 +604,7 @@ void launch_matvec_t(const MatvecArgs& a, const float* x, int mode, unsigned blo
         }
     }
     if constexpr (has_split<T>()) {
-        if (l.mv_split) {
+        if (splits_rows(T, l)) {
             if (l.mv_rows == 4) launch_matvec_as<T, 4, false, true>(a, x, mode, blocks, l);
             else launch_matvec_as<T, 2, false, true>(a, x, mode, blocks, l);
             return;

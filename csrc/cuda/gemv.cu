@@ -59,8 +59,7 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
     if (l.mv_rows != 2 && l.mv_rows != 4)
         throw Error("CUDA backend: rows per warp must be 2 or 4, not " + std::to_string(l.mv_rows));
     MatvecArgs a{};
-    const bool split = l.mv_split && (W[0]->type == GgmlType::F16 || W[0]->type == GgmlType::BF16);
-    const int rows_per_block = split ? l.mv_rows : MV_WARPS * l.mv_rows;
+    const int rows_per_block = splits_rows(W[0]->type, l) ? l.mv_rows : MV_WARPS * l.mv_rows;
     const int counted = mode == MV_SWIGLU ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
     int32_t blocks = 0;
     for (int m = 0; m < 3; m++) {
