@@ -18,9 +18,10 @@ through PyTorch or CuPy when one is installed; else --bandwidth), and the higher
 two is the roofline's. With --variants each model's dense decode is also measured
 with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; F16 rows
 shared by a block's warps; 8-bit activations for Q4_K and Q8_0; programmatic dependent
-launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; all
-but the first together with the split decode attention and the tiled prompt attention,
-measured with skipping and the prompt too), to show what each choice gains. With
+launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; FFNs as
+bodies of conditional graph nodes, measured with skipping too; all but the first together
+with the split decode attention and the tiled prompt attention, measured with skipping and
+the prompt too), to show what each choice gains. With
 --context N the dense decode is also measured after an N-token prompt, where the KV
 cache read per step counts in the roofline.
 Weights are random: speed does not depend on values. Quantized blocks are random bytes
@@ -50,11 +51,13 @@ VARIANTS = {
     "pdl": {"FFNSKIP_CUDA_PDL": "1"},
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
     "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
+    "graphif": {"FFNSKIP_CUDA_GRAPH_IF": "1"},
 }
 # Every setting but "unfused" together, with the split decode and tiled prompt attention.
 VARIANTS["all"] = {k: v for name, env in VARIANTS.items() if name != "unfused" for k, v in env.items()}
 VARIANTS["all"].update(FFNSKIP_CUDA_ATTN_SPLIT="1", FFNSKIP_CUDA_ATTN_TILED="1")
 Q8X_TYPES = ("Q4_K", "Q8_0")   # the types that FFNSKIP_CUDA_Q8X changes
+SKIP_VARIANTS = ("graphif", "all")   # also measured with FFNs left out (the others: dense only)
 
 
 def bytes_per_token(shape, type_name, skipped_ffns=0):
@@ -178,7 +181,7 @@ def main():
                 os.environ.update(env)
                 try:
                     session = ffnskip.Session(str(path), n_ctx=n_ctx, backend="cuda")
-                    measured = settings if variant == "all" else {"full": settings["full"]}
+                    measured = settings if variant in SKIP_VARIANTS else {"full": settings["full"]}
                     results += measure(session, shape_name, shape, type_name, measured, args, variant)
                     del session
                 finally:

@@ -123,11 +123,13 @@ def test_decode_with_8bit_activations_matches_reference_and_cpu(gpu, synthetic_m
 
 @pytest.mark.parametrize("weight_type", ["F16", "Q4_1", "Q8_0", "Q4_K"])
 @pytest.mark.parametrize("setting", ["FFNSKIP_CUDA_MV_ROWS=4", "FFNSKIP_CUDA_PDL=1", "FFNSKIP_CUDA_FUSE_NORM=1",
-                                     "FFNSKIP_CUDA_FUSE_ROPE=1"])
+                                     "FFNSKIP_CUDA_FUSE_ROPE=1", "FFNSKIP_CUDA_GRAPH_IF=1",
+                                     "FFNSKIP_CUDA_GRAPH_IF=1,FFNSKIP_CUDA_PDL=1,FFNSKIP_CUDA_FUSE_NORM=1"])
 def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch, weight_type, setting):
     """Four rows per warp, programmatic dependent launch, the RMSNorm computed by the gate
-    kernel and RoPE with the KV store done by the Q/K/V products' epilogue change how the
-    work is laid out, not the arithmetic of any value (the
+    kernel, RoPE with the KV store done by the Q/K/V products' epilogue and the FFNs as
+    bodies of conditional graph nodes (alone and with PDL, whose programmatic edges must
+    stop at the nodes) change how the work is laid out or launched, not the arithmetic of any value (the
     norm's double sum of exact float squares may only round differently in a 1-in-10^5
     case): logits, greedy tokens, the on-device gate's masks and cosines equal the
     default settings' bit for bit, on a model whose vocabulary (389) leaves the last
@@ -144,8 +146,9 @@ def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch
         return logits, out.tokens, np.asarray(out.stats["skip_masks"]), np.asarray(out.stats["cosines"]), g.logits
 
     base = run()
-    name, value = setting.split("=")
-    monkeypatch.setenv(name, value)
+    for name_value in setting.split(","):
+        name, value = name_value.split("=")
+        monkeypatch.setenv(name, value)
     other = run()
     for a, b in zip(other[0], base[0]):
         np.testing.assert_array_equal(a, b)
@@ -299,8 +302,13 @@ def _generate(path, backend, **skip):
     dict(policy="shortgpt", layers=[3]),
     dict(policy="skipdecode", target_ratio=0.25, cold_start=1, cold_end=1, warmup=1, skipdecode_span=8),
 ])
-def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
+@pytest.mark.parametrize("if_nodes", ["0", "1"])
+def test_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, monkeypatch, skip, if_nodes):
+    """Every policy, with the FFNs' skip words read by their kernels and (FFNSKIP_CUDA_GRAPH_IF=1)
+    as conditions of IF nodes, set by the gate kernel of the layer before: the host's plans
+    (random, static, layers, shortgpt, skipdecode) as well as the gate's own decisions."""
     # F32 weights: the backends' logits agree to ~1e-5, far below the greedy margins here.
+    monkeypatch.setenv("FFNSKIP_CUDA_GRAPH_IF", if_nodes)
     path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
     want = _generate(path, "cpu", **skip)
     got = _generate(path, "cuda", **skip)

@@ -7,11 +7,13 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <map>
+#include <optional>
 #include <stdexcept>
 
 #include "cuda/attention.cuh"
 #include "cuda/cuda-common.cuh"
 #include "cuda/elementwise.cuh"
+#include "cuda/graph-if.cuh"
 #include "cuda/norm.cuh"
 
 namespace ffnskip {
@@ -139,6 +141,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     fuse_ = !env_is("FFNSKIP_CUDA_FUSE", "0");             // "0": one launch per matrix, as the prompt path
     fuse_norm_ = env_is("FFNSKIP_CUDA_FUSE_NORM", "1");    // the gate kernel computes the next RMSNorm
     fuse_rope_ = env_is("FFNSKIP_CUDA_FUSE_ROPE", "1");    // Q/K/V products rotate and store the cache
+    ffn_if_nodes_ = use_graph_ && env_is("FFNSKIP_CUDA_GRAPH_IF", "1");   // left-out FFNs launch nothing
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -149,6 +152,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     launch_.stream = decode_launch_.stream = stream_;
     launch_.attn_tiled = env_is("FFNSKIP_CUDA_ATTN_TILED", "1");   // prompt attention over query/key tiles
     try {
+        if (ffn_if_nodes_) FFNSKIP_CUDA_CHECK(cudaStreamCreateWithFlags(&body_stream_, cudaStreamNonBlocking));
         allocate_and_upload();
     } catch (...) {
         release();   // the destructor does not run for a constructor that throws
@@ -162,12 +166,13 @@ void CudaForward::release() {
     if (graph_) cudaGraphExecDestroy(graph_);
     if (blas_handle_) blas_->destroy(blas_handle_);
     if (stream_) cudaStreamDestroy(stream_);
+    if (body_stream_) cudaStreamDestroy(body_stream_);
     if (arena_) cudaFree(arena_);
     if (step_host_mem_) cudaFreeHost(step_host_mem_);
     if (logits_host_) cudaFreeHost(logits_host_);
     graph_ = nullptr;
     blas_handle_ = nullptr;
-    stream_ = nullptr;
+    stream_ = body_stream_ = nullptr;
     arena_ = step_host_mem_ = nullptr;
     logits_host_ = nullptr;
 }
@@ -463,21 +468,35 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         if (prompt_skip && !prompt_skip->prompt_ffn_runs(il)) continue;
 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
-        cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, s);
-        if (n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up)) {
-            cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, s);
-        } else {
-            mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn, s);
-            mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn, s);
-            cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, s);
+        // In a graph with IF nodes the FFN is a node's body, launched only when it runs.
+        const cudaGraphConditionalHandle ffn_runs = ffn_runs_.empty() ? 0 : ffn_runs_[il];
+        std::optional<cuda::IfBody> ffn_body;
+        cuda::Launch f = s;
+        if (ffn_runs) {
+            ffn_body.emplace(stream_, ffn_runs, body_stream_);
+            f.stream = body_stream_;
+            f.pdl = false;   // programmatic edges join kernel nodes only
         }
-        mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn, s);
+        cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
+        if (n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up)) {
+            cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, f);
+        } else {
+            mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn, f);
+            mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn, f);
+            cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, f);
+        }
+        mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn, f);
+        if (ffn_body) ffn_body->end();
         if (device_skip) {
             // With fuse_norm_ the gate kernel also writes the next layer's attention input
-            // (or the output matrix's), whether or not this FFN ran.
+            // (or the output matrix's), whether or not this FFN ran; with IF nodes it
+            // sets the next FFN's condition.
             const float* next_norm = !fuse_norm_ ? nullptr : il + 1 < hp.n_layer ? layers_[il + 1].attn_norm : output_norm_;
+            const cudaGraphConditionalHandle next_ffn_runs = il + 1 < (int)ffn_runs_.size() ? ffn_runs_[il + 1] : 0;
+            cuda::Launch g = s;
+            g.pdl = s.pdl && !ffn_runs;
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,
-                                    step_d_.rules, s, next_norm, xb_, hp.rms_eps);
+                                    step_d_.rules, g, next_norm, xb_, hp.rms_eps, next_ffn_runs);
             xb_ready = next_norm != nullptr;
         } else {
             cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
@@ -536,12 +555,18 @@ const float* CudaForward::forward(const int32_t* tokens, int32_t n, int32_t pos,
                 cudaGraph_t graph = nullptr;
                 FFNSKIP_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
                 try {
+                    if (ffn_if_nodes_) {
+                        ffn_runs_.assign(hp.n_layer, 0);   // layer 0's FFN: no node, its kernels read the word
+                        for (int l = 1; l < hp.n_layer; l++) ffn_runs_[l] = cuda::new_condition(s);
+                    }
                     encode(1, false, nullptr, true);
                 } catch (...) {
+                    ffn_runs_.clear();
                     cudaStreamEndCapture(s, &graph);
                     if (graph) cudaGraphDestroy(graph);
                     throw;
                 }
+                ffn_runs_.clear();
                 FFNSKIP_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
                 const cudaError_t err = cudaGraphInstantiate(&graph_, graph, 0);
                 cudaGraphDestroy(graph);

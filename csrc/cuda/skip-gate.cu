@@ -10,13 +10,10 @@ namespace {
 
 constexpr int GATE_THREADS = 1024;
 
-// One block: the residual is one token wide (n_embd elements).
-__global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
-                                         const int32_t* gate_allowed, float* cosines, GateRules* rules,
-                                         const float* next_norm, float* out, float eps) {
-    wait_for_inputs();
-    const bool ffn_ran = ffn_skip[layer] == 0;
-    if (!ffn_ran && next_norm == nullptr) return;
+// The kernel's work for one block (see skip-gate.cuh); thread 0 decides.
+__device__ void add_and_decide(float* x, const float* f, int64_t n, int layer, bool ffn_ran, int32_t* ffn_skip,
+                               const int32_t* gate_allowed, float* cosines, GateRules* rules, const float* next_norm,
+                               float* out, float eps) {
     __shared__ double scratch[32];
     double ab = 0.0, aa = 0.0, bb = 0.0;
 #pragma unroll 4
@@ -53,13 +50,26 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
     }
 }
 
+// One block: the residual is one token wide (n_embd elements).
+__global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
+                                         const int32_t* gate_allowed, float* cosines, GateRules* rules,
+                                         const float* next_norm, float* out, float eps,
+                                         cudaGraphConditionalHandle next_ffn_runs) {
+    wait_for_inputs();
+    const bool ffn_ran = ffn_skip[layer] == 0;
+    if (ffn_ran || next_norm) add_and_decide(x, f, n, layer, ffn_ran, ffn_skip, gate_allowed, cosines, rules,
+                                             next_norm, out, eps);
+    // After the decision: whether the next layer's FFN (an IF node's body) runs.
+    if (next_ffn_runs && threadIdx.x == 0) cudaGraphSetConditional(next_ffn_runs, ffn_skip[layer + 1] == 0);
+}
+
 }  // namespace
 
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                        const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
-                       const float* next_norm, float* out, float eps) {
+                       const float* next_norm, float* out, float eps, cudaGraphConditionalHandle next_ffn_runs) {
     launch(l, residual_add_gate_kernel, 1, GATE_THREADS, 0, x, f, n, layer, ffn_skip, gate_allowed, cosines, rules,
-           next_norm, out, eps);
+           next_norm, out, eps, next_ffn_runs);
 }
 
 }  // namespace cuda

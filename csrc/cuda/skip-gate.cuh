@@ -28,9 +28,12 @@ struct GateRules {
 // Later kernels of those FFNs read their ffn_skip words and return at once.
 // With next_norm given, also (whether or not the FFN ran) out = rmsnorm(x) * next_norm,
 // the input of the next layer's attention (or of the output matrix): one launch less.
+// With next_ffn_runs given (a condition of the graph, see graph-if.cuh), it is set to
+// ffn_skip[layer + 1] == 0 once the gate has decided.
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                        const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
-                       const float* next_norm = nullptr, float* out = nullptr, float eps = 0.0f);
+                       const float* next_norm = nullptr, float* out = nullptr, float eps = 0.0f,
+                       cudaGraphConditionalHandle next_ffn_runs = 0);
 
 }  // namespace cuda
 }  // namespace ffnskip
