@@ -18,7 +18,8 @@ through PyTorch or CuPy when one is installed; else --bandwidth), and the higher
 two is the roofline's. With --variants each model's dense decode is also measured
 with other decode settings (VARIANTS: one launch per matrix; 4 rows per warp; F16 rows
 shared by a block's warps; 8-bit activations for Q4_K and Q8_0; programmatic dependent
-launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; FFNs as
+launch; RMSNorm in the gate kernel; RoPE and the KV store in the Q/K/V products; the
+FFN's RMSNorm in the gate/up product; FFNs as
 bodies of conditional graph nodes, measured with skipping too; all but the first together
 with the split decode attention and the tiled prompt attention, measured with skipping and
 the prompt too), to show what each choice gains. With
@@ -51,6 +52,7 @@ VARIANTS = {
     "pdl": {"FFNSKIP_CUDA_PDL": "1"},
     "norm": {"FFNSKIP_CUDA_FUSE_NORM": "1"},
     "rope": {"FFNSKIP_CUDA_FUSE_ROPE": "1"},
+    "ffnnorm": {"FFNSKIP_CUDA_FUSE_FFN_NORM": "1"},
     "graphif": {"FFNSKIP_CUDA_GRAPH_IF": "1"},
 }
 # Every setting but "unfused" together, with the split decode and tiled prompt attention.

@@ -89,9 +89,14 @@ TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "
 
 
 @pytest.mark.parametrize("weight_type", TYPES)
-def test_logits_match_reference(gpu, synthetic_model, weight_type):
+@pytest.mark.parametrize("ffn_norm", ["0", "1"])
+def test_logits_match_reference(gpu, synthetic_model, monkeypatch, weight_type, ffn_norm):
+    """Prompt and decode steps of every type; with FFNSKIP_CUDA_FUSE_FFN_NORM=1 the decode
+    steps' gate/up products normalize x themselves (into shared memory for the dense types,
+    while staging it as F16 for the block types)."""
     from reference_forward import ReferenceModel
 
+    monkeypatch.setenv("FFNSKIP_CUDA_FUSE_FFN_NORM", ffn_norm)
     path = str(synthetic_model(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, weight_type=weight_type, seed=3))
     ref = ReferenceModel(path, kv_f16=True)
     gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
@@ -103,12 +108,16 @@ def test_logits_match_reference(gpu, synthetic_model, weight_type):
 # ---- decode settings that the benchmark compares (environment, read per session) ----------
 
 @pytest.mark.parametrize("weight_type", Q8X_TYPES)
-def test_decode_with_8bit_activations_matches_reference_and_cpu(gpu, synthetic_model, monkeypatch, weight_type):
+@pytest.mark.parametrize("ffn_norm", ["0", "1"])
+def test_decode_with_8bit_activations_matches_reference_and_cpu(gpu, synthetic_model, monkeypatch, weight_type,
+                                                                ffn_norm):
     """FFNSKIP_CUDA_Q8X=1: x quantized per 32 values and dp4a products, with a vocabulary
-    (389) that leaves the last block of rows partly empty."""
+    (389) that leaves the last block of rows partly empty; and with the FFN's RMSNorm
+    applied while x is quantized (FFNSKIP_CUDA_FUSE_FFN_NORM=1)."""
     from reference_forward import ReferenceModel
 
     monkeypatch.setenv("FFNSKIP_CUDA_Q8X", "1")
+    monkeypatch.setenv("FFNSKIP_CUDA_FUSE_FFN_NORM", ffn_norm)
     path = str(synthetic_model(n_embd=256, n_layer=3, n_head=4, n_ff=768, n_vocab=389, weight_type=weight_type, seed=3))
     ref = ReferenceModel(path, kv_f16=True)
     cpu = ffnskip.Session(path, n_ctx=64, backend="cpu")
@@ -123,16 +132,19 @@ def test_decode_with_8bit_activations_matches_reference_and_cpu(gpu, synthetic_m
 
 @pytest.mark.parametrize("weight_type", ["F16", "Q4_1", "Q8_0", "Q4_K"])
 @pytest.mark.parametrize("setting", ["FFNSKIP_CUDA_MV_ROWS=4", "FFNSKIP_CUDA_PDL=1", "FFNSKIP_CUDA_FUSE_NORM=1",
-                                     "FFNSKIP_CUDA_FUSE_ROPE=1", "FFNSKIP_CUDA_GRAPH_IF=1",
-                                     "FFNSKIP_CUDA_GRAPH_IF=1,FFNSKIP_CUDA_PDL=1,FFNSKIP_CUDA_FUSE_NORM=1"])
+                                     "FFNSKIP_CUDA_FUSE_ROPE=1", "FFNSKIP_CUDA_FUSE_FFN_NORM=1",
+                                     "FFNSKIP_CUDA_GRAPH_IF=1",
+                                     "FFNSKIP_CUDA_GRAPH_IF=1,FFNSKIP_CUDA_PDL=1,FFNSKIP_CUDA_FUSE_NORM=1,"
+                                     "FFNSKIP_CUDA_FUSE_FFN_NORM=1"])
 def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch, weight_type, setting):
     """Four rows per warp, programmatic dependent launch, the RMSNorm computed by the gate
-    kernel, RoPE with the KV store done by the Q/K/V products' epilogue and the FFNs as
-    bodies of conditional graph nodes (alone and with PDL, whose programmatic edges must
-    stop at the nodes) change how the work is laid out or launched, not the arithmetic of any value (the
-    norm's double sum of exact float squares may only round differently in a 1-in-10^5
-    case): logits, greedy tokens, the on-device gate's masks and cosines equal the
-    default settings' bit for bit, on a model whose vocabulary (389) leaves the last
+    kernel, RoPE with the KV store done by the Q/K/V products' epilogue, the FFN's RMSNorm
+    computed by every block of the gate/up product and the FFNs as bodies of conditional
+    graph nodes (alone and with PDL, whose programmatic edges must stop at the nodes)
+    change how the work is laid out or launched, not the arithmetic of any value (the
+    norms' double sums of exact float squares may only round differently in a 1-in-10^5
+    case): logits (single-token evals are decode steps), greedy tokens, the on-device
+    gate's masks and cosines equal the default settings' bit for bit, on a model whose vocabulary (389) leaves the last
     warp one row, with FFNs left out by the gate (the norm must still be written then)."""
     path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, n_ff=768, n_vocab=389, weight_type=weight_type, seed=7))
     skip = dict(policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=1, warmup=1, refresh_every=4, max_skip=2,
@@ -161,14 +173,17 @@ def test_launch_settings_do_not_change_results(gpu, synthetic_model, monkeypatch
 
 @pytest.mark.parametrize("weight_type", ["F16", "BF16"])
 @pytest.mark.parametrize("rows", ["2", "4"])
-def test_split_rows_match_reference(gpu, synthetic_model, monkeypatch, weight_type, rows):
+@pytest.mark.parametrize("ffn_norm", ["0", "1"])
+def test_split_rows_match_reference(gpu, synthetic_model, monkeypatch, weight_type, rows, ffn_norm):
     """FFNSKIP_CUDA_MV_SPLIT=1: a block's warps share its rows (partial sums added in
     shared memory), with rows of 160 and 416 elements (not a multiple of the block's
-    1024-element step) and a vocabulary (389) that leaves the last block partly empty."""
+    1024-element step) and a vocabulary (389) that leaves the last block partly empty;
+    and with the FFN's RMSNorm folded in (x normalized into shared memory)."""
     from reference_forward import ReferenceModel
 
     monkeypatch.setenv("FFNSKIP_CUDA_MV_SPLIT", "1")
     monkeypatch.setenv("FFNSKIP_CUDA_MV_ROWS", rows)
+    monkeypatch.setenv("FFNSKIP_CUDA_FUSE_FFN_NORM", ffn_norm)
     path = str(synthetic_model(n_embd=160, n_layer=2, n_head=5, n_ff=416, n_vocab=389, weight_type=weight_type, seed=7))
     ref = ReferenceModel(path, kv_f16=True)
     gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")

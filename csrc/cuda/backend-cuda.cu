@@ -142,6 +142,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     fuse_norm_ = env_is("FFNSKIP_CUDA_FUSE_NORM", "1");    // the gate kernel computes the next RMSNorm
     fuse_rope_ = env_is("FFNSKIP_CUDA_FUSE_ROPE", "1");    // Q/K/V products rotate and store the cache
     ffn_if_nodes_ = use_graph_ && env_is("FFNSKIP_CUDA_GRAPH_IF", "1");   // left-out FFNs launch nothing
+    fuse_ffn_norm_ = env_is("FFNSKIP_CUDA_FUSE_FFN_NORM", "1");   // the gate/up product computes the FFN's RMSNorm
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -477,10 +478,14 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
             f.stream = body_stream_;
             f.pdl = false;   // programmatic edges join kernel nodes only
         }
-        cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
-        if (n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up)) {
+        const bool fused_ffn = n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up);
+        if (fused_ffn && device_skip && fuse_ffn_norm_) {   // the RMSNorm inside the gate/up product
+            cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, x_, hb_, skip_ffn, f, L.ffn_norm, hp.rms_eps);
+        } else if (fused_ffn) {
+            cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
             cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, f);
         } else {
+            cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
             mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn, f);
             mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn, f);
             cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, f);

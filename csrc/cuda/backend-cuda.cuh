@@ -89,6 +89,7 @@ class CudaForward : public Backend {
     bool fuse_ = true;   // decode: Q/K/V in one launch, gate/up with SwiGLU, Wo with the residual add
     bool fuse_norm_ = false;   // decode: the FFN's gate kernel also computes the next RMSNorm
     bool fuse_rope_ = false;   // decode: the Q/K/V products rotate and store keys and values
+    bool fuse_ffn_norm_ = false;  // decode: the fused gate/up product normalizes x itself
     bool ffn_if_nodes_ = false;   // decode graph: each FFN after layer 0 is an IF node's body
     cudaGraphExec_t graph_ = nullptr;
     cudaStream_t body_stream_ = nullptr;   // captures the IF nodes' bodies

@@ -383,13 +383,49 @@ __device__ __forceinline__ void block_dots_q8(const uint8_t* const (&rows)[NR], 
     }
 }
 
-// x into shared memory as F16 units.
-__device__ __forceinline__ void stage_f16(const float* __restrict__ x, int64_t n_in, __half* xs) {
+// x's RMSNorm scale, 1 / sqrt(mean(x^2) + eps), computed by the whole block as
+// rmsnorm_kernel (norm.cu) computes it: squares summed in double.
+__device__ __forceinline__ float rms_scale(const float* __restrict__ x, int64_t n, float eps) {
+    __shared__ double scratch[32];
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    double sum = 0.0;
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+        const float4 v = x4[i];
+        sum += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    }
+    sum = block_sum(sum, scratch);
+    return 1.0f / sqrtf((float)(sum / (double)n) + eps);
+}
+
+// Four values of x at x4[i], normalized when NORM: (x * scale) * w, as rmsnorm_kernel.
+template <bool NORM>
+__device__ __forceinline__ float4 x_at(const float4* __restrict__ x4, int64_t i, const float* __restrict__ norm_w,
+                                       float scale) {
+    const float4 v = x4[i];
+    if constexpr (!NORM) return v;
+    const float4 g = reinterpret_cast<const float4*>(norm_w)[i];
+    return make_float4((v.x * scale) * g.x, (v.y * scale) * g.y, (v.z * scale) * g.z, (v.w * scale) * g.w);
+}
+
+// x into shared memory as floats, normalized (the dense types' SWIGLU_NORM).
+__device__ __forceinline__ void stage_f32_norm(const float* __restrict__ x, int64_t n_in, const float* norm_w,
+                                               float scale, float* xs) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n_in / 4; i += blockDim.x)
+        reinterpret_cast<float4*>(xs)[i] = x_at<true>(x4, i, norm_w, scale);
+}
+
+// x into shared memory as F16 units (normalized first when NORM).
+template <bool NORM>
+__device__ __forceinline__ void stage_f16(const float* __restrict__ x, int64_t n_in, const float* norm_w, float scale,
+                                          __half* xs) {
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const int64_t n4 = n_in / 4;
 #pragma unroll 8
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = x4[i];
+        const float4 v = x_at<NORM>(x4, i, norm_w, scale);
         __half2* d = reinterpret_cast<__half2*>(xs + (i / 8) * XS_UNIT + (i % 8) * 4);
         d[0] = __floats2half2_rn(v.x, v.y);
         d[1] = __floats2half2_rn(v.z, v.w);
@@ -398,8 +434,10 @@ __device__ __forceinline__ void stage_f16(const float* __restrict__ x, int64_t n
 
 // x into shared memory as 8-bit units, as llama.cpp quantizes to Q8_0: dx = max|x| / 127,
 // q = round(x / dx). Eight consecutive lanes hold one unit's 32 values (blockDim and
-// the unit count keep whole groups of 8 together).
-__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int64_t n_in, uint8_t* xs) {
+// the unit count keep whole groups of 8 together). Normalized first when NORM.
+template <bool NORM>
+__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int64_t n_in, const float* norm_w, float scale,
+                                         uint8_t* xs) {
     const int64_t n_units = n_in / UNIT;
     float* dxs = reinterpret_cast<float*>(xs + n_units * XQ_UNIT);
     float* sxs = dxs + n_units;
@@ -408,7 +446,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int64_t n_
     const unsigned group = 0xFFu << (threadIdx.x & 24);
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = x4[i];
+        const float4 v = x_at<NORM>(x4, i, norm_w, scale);
         float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
         amax = fmaxf(amax, __shfl_xor_sync(group, amax, 1));
         amax = fmaxf(amax, __shfl_xor_sync(group, amax, 2));
@@ -478,42 +516,51 @@ __global__ void __launch_bounds__(32 * MV_WARPS) matvec_kernel(const MatvecArgs 
     wait_for_inputs();
     const int m = (int)blockIdx.x >= a.block_start[1] ? ((int)blockIdx.x >= a.block_start[2] ? 2 : 1) : 0;
     if (skipped(a.skip[m])) return;   // the whole block belongs to matrix m
+    constexpr bool SWIGLU = MODE == MV_SWIGLU || MODE == MV_SWIGLU_NORM;
+    constexpr bool NORM = MODE == MV_SWIGLU_NORM;
+    float scale = 1.0f;   // NORM: x's RMSNorm scale, before any thread of the block returns
+    if constexpr (NORM) scale = rms_scale(x, a.n_in, a.norm_eps);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int64_t r0 = SPLIT ? (int64_t)(blockIdx.x - a.block_start[m]) * ROWS
                              : ((int64_t)(blockIdx.x - a.block_start[m]) * MV_WARPS + warp) * ROWS;
     const int64_t left = a.n_out[m] - r0;
     const int n_valid = left <= 0 ? 0 : (left < ROWS ? (int)left : ROWS);
 
-    constexpr int NR = MODE == MV_SWIGLU ? 2 * ROWS : ROWS;   // SWIGLU: rows ROWS.. are W_1's
+    constexpr int NR = SWIGLU ? 2 * ROWS : ROWS;   // SWIGLU: rows ROWS.. are W_1's
     const uint8_t* rows[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++) {
-        const int mm = MODE == MV_SWIGLU ? r / ROWS : m;
-        const int64_t rr = r0 + (MODE == MV_SWIGLU ? r % ROWS : r);
+        const int mm = SWIGLU ? r / ROWS : m;
+        const int64_t rr = r0 + (SWIGLU ? r % ROWS : r);
         rows[r] = a.W[mm] + (size_t)(rr < a.n_out[m] ? rr : a.n_out[m] - 1) * a.row_bytes;
     }
     float acc[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++) acc[r] = 0.0f;
 
+    extern __shared__ uint4 xs_raw[];
+    const float* xd = x;   // what the dense products read: x, or normalized x in shared memory
+    if constexpr (dense_type<T>() && NORM) {
+        stage_f32_norm(x, a.n_in, a.norm_w, scale, reinterpret_cast<float*>(xs_raw));
+        __syncthreads();
+        xd = reinterpret_cast<const float*>(xs_raw);
+    }
     if constexpr (SPLIT) {
         static_assert(T == GgmlType::F16 || T == GgmlType::BF16, "split rows: 16-bit dense types only");
         if (n_valid == 0) return;   // the same for the whole block
-        dense_dots_batched<T, NR>(rows, a.n_in, x, 8 * threadIdx.x, 8 * blockDim.x, acc);
+        dense_dots_batched<T, NR>(rows, a.n_in, xd, 8 * threadIdx.x, 8 * blockDim.x, acc);
     } else if constexpr (dense_type<T>()) {
         if (n_valid == 0) return;
-        dense_dots<T, NR>(rows, a.n_in, x, lane, acc);
+        dense_dots<T, NR>(rows, a.n_in, xd, lane, acc);
     } else if constexpr (Q8X) {
-        extern __shared__ uint4 xs_raw[];
         uint8_t* xs = reinterpret_cast<uint8_t*>(xs_raw);
-        stage_q8(x, a.n_in, xs);
+        stage_q8<NORM>(x, a.n_in, a.norm_w, scale, xs);
         __syncthreads();
         if (n_valid == 0) return;
         block_dots_q8<T, NR>(rows, a.n_in, xs, lane, acc);
     } else {
-        extern __shared__ uint4 xs_raw[];
         __half* xs = reinterpret_cast<__half*>(xs_raw);
-        stage_f16(x, a.n_in, xs);
+        stage_f16<NORM>(x, a.n_in, a.norm_w, scale, xs);
         __syncthreads();
         if (n_valid == 0) return;
         block_dots<T, NR>(rows, a.n_in, xs, lane, acc);
@@ -587,11 +634,12 @@ inline unsigned blocks_for(int64_t n, int per_block) { return (unsigned)((n + pe
 
 template <GgmlType T, int ROWS, bool Q8X, bool SPLIT>
 void launch_matvec_as(const MatvecArgs& a, const float* x, int mode, unsigned blocks, const Launch& l) {
-    const size_t smem = matvec_smem(T, a.n_in, Q8X);
+    const size_t smem = matvec_smem(T, a.n_in, Q8X, mode == MV_SWIGLU_NORM);
     if (mode == MV_STORE) launch(l, matvec_kernel<T, MV_STORE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
     else if (mode == MV_QKV) launch(l, matvec_kernel<T, MV_QKV, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
     else if (mode == MV_ACCUMULATE) launch(l, matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
-    else launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
+    else if (mode == MV_SWIGLU) launch(l, matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
+    else launch(l, matvec_kernel<T, MV_SWIGLU_NORM, ROWS, Q8X, SPLIT>, blocks, 32 * MV_WARPS, smem, a, x);
 }
 
 template <GgmlType T>
@@ -614,23 +662,33 @@ void launch_matvec_t(const MatvecArgs& a, const float* x, int mode, unsigned blo
     else launch_matvec_as<T, 2, false, false>(a, x, mode, blocks, l);
 }
 
-template <GgmlType T, int ROWS, bool Q8X>
+template <typename Kernel>
+void set_smem_limit(Kernel kernel, int bytes) {
+    FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <GgmlType T, int ROWS, bool Q8X, bool SPLIT>
 void set_smem_limit_as(int bytes) {
-    FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_STORE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_QKV, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    FFNSKIP_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    if constexpr (!dense_type<T>()) {   // the dense types stage x only with the norm folded in
+        set_smem_limit(matvec_kernel<T, MV_STORE, ROWS, Q8X, SPLIT>, bytes);
+        set_smem_limit(matvec_kernel<T, MV_QKV, ROWS, Q8X, SPLIT>, bytes);
+        set_smem_limit(matvec_kernel<T, MV_ACCUMULATE, ROWS, Q8X, SPLIT>, bytes);
+        set_smem_limit(matvec_kernel<T, MV_SWIGLU, ROWS, Q8X, SPLIT>, bytes);
+    }
+    set_smem_limit(matvec_kernel<T, MV_SWIGLU_NORM, ROWS, Q8X, SPLIT>, bytes);
 }
 
 template <GgmlType T>
 void set_smem_limit_t(int bytes) {
-    if constexpr (!dense_type<T>()) {
-        set_smem_limit_as<T, 2, false>(bytes);
-        set_smem_limit_as<T, 4, false>(bytes);
-        if constexpr (has_q8x<T>()) {
-            set_smem_limit_as<T, 2, true>(bytes);
-            set_smem_limit_as<T, 4, true>(bytes);
-        }
+    set_smem_limit_as<T, 2, false, false>(bytes);
+    set_smem_limit_as<T, 4, false, false>(bytes);
+    if constexpr (has_q8x<T>()) {
+        set_smem_limit_as<T, 2, true, false>(bytes);
+        set_smem_limit_as<T, 4, true, false>(bytes);
+    }
+    if constexpr (has_split<T>()) {
+        set_smem_limit_as<T, 2, false, true>(bytes);
+        set_smem_limit_as<T, 4, false, true>(bytes);
     }
 }
 

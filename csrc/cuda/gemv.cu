@@ -55,12 +55,13 @@ struct EmbedLaunch {
 };
 
 void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* const* skip, int n_mat, int mode,
-                   const float* x, const Launch& l, const QkvStore* qkv = nullptr) {
+                   const float* x, const Launch& l, const QkvStore* qkv = nullptr, const float* norm_w = nullptr,
+                   float norm_eps = 0.0f) {
     if (l.mv_rows != 2 && l.mv_rows != 4)
         throw Error("CUDA backend: rows per warp must be 2 or 4, not " + std::to_string(l.mv_rows));
     MatvecArgs a{};
     const int rows_per_block = splits_rows(W[0]->type, l) ? l.mv_rows : MV_WARPS * l.mv_rows;
-    const int counted = mode == MV_SWIGLU ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
+    const int counted = mode == MV_SWIGLU || mode == MV_SWIGLU_NORM ? 1 : n_mat;   // SWIGLU: W_1 shares W_0's rows
     int32_t blocks = 0;
     for (int m = 0; m < 3; m++) {
         a.block_start[m] = blocks;
@@ -84,6 +85,10 @@ void launch_matvec(const DeviceMatrix* const* W, float* const* y, const int* con
             if (a.qkv.store[m] != RowStore::FLOAT && W[m]->n_out % 2 != 0)
                 throw Error("CUDA backend: internal error: RoPE pairs over an odd number of rows");
     }
+    if ((mode == MV_SWIGLU_NORM) != (norm_w != nullptr))
+        throw Error("CUDA backend: internal error: RMSNorm weights without the folded-norm product");
+    a.norm_w = norm_w;
+    a.norm_eps = norm_eps;
     a.n_in = W[0]->n_in;
     a.row_bytes = W[0]->row_bytes;
     dispatch(W[0]->type, MatvecLaunch{a, x, mode, (unsigned)blocks, l});
@@ -103,10 +108,12 @@ bool matrix_type_supported(GgmlType type) {
 }
 
 void matvec_prepare(int64_t max_n_in) {
-    const int bytes = (int)std::max(matvec_smem(GgmlType::Q4_0, max_n_in, false), matvec_smem(GgmlType::Q8_0, max_n_in, true));
+    const int bytes = (int)std::max({matvec_smem(GgmlType::Q4_0, max_n_in, false, false),
+                                     matvec_smem(GgmlType::Q8_0, max_n_in, true, false),
+                                     matvec_smem(GgmlType::F32, max_n_in, false, true)});
     if (bytes <= 48 * 1024) return;
-    for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
-                       GgmlType::Q4_K, GgmlType::Q6_K})
+    for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
+                       GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q6_K})
         dispatch(t, MatvecSmemLimit{bytes});
 }
 
@@ -131,12 +138,12 @@ void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const in
 }
 
 void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, float* y, const int* skip,
-                   const Launch& l) {
+                   const Launch& l, const float* norm_w, float norm_eps) {
     if (gate.n_out != up.n_out) throw Error("CUDA backend: internal error: gate and up differ in rows");
     const DeviceMatrix* w[2] = {&gate, &up};
     float* ys[2] = {y, nullptr};
     const int* sk[2] = {skip, skip};
-    launch_matvec(w, ys, sk, 2, MV_SWIGLU, x, l);
+    launch_matvec(w, ys, sk, 2, norm_w ? MV_SWIGLU_NORM : MV_SWIGLU, x, l, nullptr, norm_w, norm_eps);
 }
 
 bool fusable(const DeviceMatrix& a, const DeviceMatrix& b) {

@@ -57,15 +57,17 @@ void matvec_multi(const DeviceMatrix* const* W, float* const* y, const int* cons
 void matvec_accumulate(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);
 
 // y = silu(gate x) * (up x): the FFN's first half in one launch (gate, up fusable).
+// With norm_w, x is first replaced by rmsnorm(x) * norm_w (as norm.cu computes it): the
+// FFN's RMSNorm folded in.
 void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float* x, float* y, const int* skip,
-                   const Launch& l);
+                   const Launch& l, const float* norm_w = nullptr, float norm_eps = 0.0f);
 
 // Whether two matrices can share a launch (same type and row length).
 bool fusable(const DeviceMatrix& a, const DeviceMatrix& b);
 
-// Raises the shared-memory limit of the block-format kernels (every setting of Launch)
-// for rows of up to max_n_in elements (x is staged in shared memory). Call once before
-// the first product.
+// Raises the shared-memory limit of the kernels that stage x in shared memory (every
+// setting of Launch) for rows of up to max_n_in elements. Call once before the first
+// product.
 void matvec_prepare(int64_t max_n_in);
 
 // Rows [row0, row0 + n_rows) of W as F16, row-major (n_rows, n_in), for cuBLAS.

@@ -245,7 +245,8 @@ class Session {
 
     // Low level: append tokens to the KV cache; returns the logits of the last one
     // (n_vocab floats, valid until the next call). all_logits receives every
-    // position's logits when non-null (n_tokens x n_vocab).
+    // position's logits when non-null (n_tokens x n_vocab). A single token takes the
+    // decode step's path (on the GPU: the captured graph), as generation does.
     const float* eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
     const std::vector<float>& last_logits() const;
     void reset();                           // empty the KV cache
