@@ -573,6 +573,9 @@ const float* CudaForward::forward(const int32_t* tokens, int32_t n, int32_t pos,
                 }
                 ffn_runs_.clear();
                 FFNSKIP_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+                // FFNSKIP_CUDA_GRAPH_DOT=FILE: the captured step as Graphviz, for debugging.
+                const char* dot = std::getenv("FFNSKIP_CUDA_GRAPH_DOT");
+                if (dot && *dot) cudaGraphDebugDotPrint(graph, dot, cudaGraphDebugDotFlagsVerbose);
                 const cudaError_t err = cudaGraphInstantiate(&graph_, graph, 0);
                 cudaGraphDestroy(graph);
                 FFNSKIP_CUDA_CHECK(err);
