@@ -133,7 +133,9 @@ class Session:
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
-        (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab))."""
+        (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab)). A single
+        token takes the decode step's path, as generation does (on the GPU: the
+        captured graph), so a decode loop of your own runs as fast as `generate`."""
         self._generation += 1
         return self._native.eval(list(tokens), all_logits)
 
