@@ -340,7 +340,7 @@ void CudaForward::allocate_and_upload() {
     step_h_.place(step_host_mem_, n_batch_, hp.n_layer);
     FFNSKIP_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&logits_host_), nb * hp.n_vocab * sizeof(float)));
     mask_.assign(hp.n_layer, 0);
-    cuda::matvec_prepare(max_in);
+    cuda::matvec_prepare(max_in, hp.n_embd);
     // The memsets above ran on the legacy stream, which stream_ (non-blocking) does not wait for.
     FFNSKIP_CUDA_CHECK(cudaDeviceSynchronize());
 }

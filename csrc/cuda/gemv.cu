@@ -107,10 +107,10 @@ bool matrix_type_supported(GgmlType type) {
     }
 }
 
-void matvec_prepare(int64_t max_n_in) {
+void matvec_prepare(int64_t max_n_in, int64_t norm_n_in) {
     const int bytes = (int)std::max({matvec_smem(GgmlType::Q4_0, max_n_in, false, false),
                                      matvec_smem(GgmlType::Q8_0, max_n_in, true, false),
-                                     matvec_smem(GgmlType::F32, max_n_in, false, true)});
+                                     matvec_smem(GgmlType::F32, norm_n_in, false, true)});
     if (bytes <= 48 * 1024) return;
     for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
                        GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q6_K})

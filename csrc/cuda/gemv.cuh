@@ -66,9 +66,9 @@ void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const float
 bool fusable(const DeviceMatrix& a, const DeviceMatrix& b);
 
 // Raises the shared-memory limit of the kernels that stage x in shared memory (every
-// setting of Launch) for rows of up to max_n_in elements. Call once before the first
-// product.
-void matvec_prepare(int64_t max_n_in);
+// setting of Launch) for rows of up to max_n_in elements, and of norm_n_in elements for
+// the products with the RMSNorm folded in. Call once before the first product.
+void matvec_prepare(int64_t max_n_in, int64_t norm_n_in);
 
 // Rows [row0, row0 + n_rows) of W as F16, row-major (n_rows, n_in), for cuBLAS.
 void dequantize_rows_f16(const DeviceMatrix& W, int64_t row0, int64_t n_rows, __half* out, cudaStream_t stream);
