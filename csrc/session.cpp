@@ -169,20 +169,14 @@ const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<fl
         throw std::invalid_argument(std::to_string(cache_tokens.size() + n) + " tokens do not fit in the context of " +
                                     std::to_string(params.n_ctx) + " (n_ctx)");
     if (all_logits) all_logits->resize(n * (size_t)n_vocab);
-    if (n == 1 && !sched) {
-        // One token, as a caller's own decode loop evaluates them: the decode step's
-        // path (on the GPU the captured graph and the decode settings).
-        const float* logits = forward->forward(tokens, 1, (int32_t)cache_tokens.size(), false, nullptr, true);
-        if (all_logits) std::copy(logits, logits + n_vocab, all_logits->data());
-        if (n_clean == cache_tokens.size()) n_clean++;
-        cache_tokens.push_back(tokens[0]);
-        std::copy(logits, logits + n_vocab, last_logits.begin());
-        return last_logits.data();
-    }
+    // One token, as a caller's own decode loop evaluates them, takes the decode step's
+    // path (on the GPU the captured graph and the decode settings).
+    const bool decode_step = n == 1 && !sched;
     const float* logits = nullptr;
     for (size_t done = 0; done < n;) {
         const int32_t chunk = (int32_t)std::min<size_t>(n - done, (size_t)forward->n_batch());
-        logits = forward->forward(tokens + done, chunk, (int32_t)cache_tokens.size(), all_logits != nullptr, sched, false);
+        logits = forward->forward(tokens + done, chunk, (int32_t)cache_tokens.size(), all_logits != nullptr, sched,
+                                  decode_step);
         if (all_logits) std::copy(logits, logits + (size_t)chunk * n_vocab, all_logits->data() + done * n_vocab);
         const bool clean = n_clean == cache_tokens.size() && (!sched || !sched->prunes_prompt());
         cache_tokens.insert(cache_tokens.end(), tokens + done, tokens + done + chunk);

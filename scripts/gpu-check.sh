@@ -48,13 +48,13 @@ stamp "decode graph with conditional FFN nodes"
 # node whose body holds its kernels.
 FFNSKIP_CUDA_GRAPH_IF=1 FFNSKIP_CUDA_GRAPH_DOT="$out/decode-graph-if.dot" "$py" - <<'PY' 2>&1 | tail -5
 import sys
+import numpy as np
 sys.path.insert(0, "bench")
 import ffnskip
 from random_model import write_model
 write_model("/tmp/ffnskip-graph.gguf", (256, 4, 4, 768), "F16")
 s = ffnskip.Session("/tmp/ffnskip-graph.gguf", n_ctx=64, backend="cuda")
 s.eval([1, 2, 3])
-import numpy as np
 print("decode step logits finite:", bool(np.isfinite(s.eval([4])).all()))
 PY
 ls -l "$out/decode-graph-if.dot" 2>&1; grep -ci "conditional" "$out/decode-graph-if.dot" 2>&1

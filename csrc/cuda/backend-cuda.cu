@@ -470,7 +470,7 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         // In a graph with IF nodes the FFN is a node's body, launched only when it runs.
-        const cudaGraphConditionalHandle ffn_runs = ffn_runs_.empty() ? 0 : ffn_runs_[il];
+        const cudaGraphConditionalHandle ffn_runs = ffn_condition(il);
         std::optional<cuda::IfBody> ffn_body;
         cuda::Launch f = s;
         if (ffn_runs) {
@@ -479,13 +479,13 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
             f.pdl = false;   // programmatic edges join kernel nodes only
         }
         const bool fused_ffn = n == 1 && fuse_ && cuda::fusable(L.ffn_gate, L.ffn_up);
-        if (fused_ffn && device_skip && fuse_ffn_norm_) {   // the RMSNorm inside the gate/up product
+        const bool fold_norm = fused_ffn && device_skip && fuse_ffn_norm_;   // the RMSNorm inside gate/up
+        if (!fold_norm) cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
+        if (fold_norm) {
             cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, x_, hb_, skip_ffn, f, L.ffn_norm, hp.rms_eps);
         } else if (fused_ffn) {
-            cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
             cuda::matvec_swiglu(L.ffn_gate, L.ffn_up, xb_, hb_, skip_ffn, f);
         } else {
-            cuda::rmsnorm(xb_, x_, L.ffn_norm, n, D, hp.rms_eps, skip_ffn, f);
             mul_mat(L.ffn_gate, xb_, hb_, n, skip_ffn, f);
             mul_mat(L.ffn_up, xb_, hb2_, n, skip_ffn, f);
             cuda::swiglu(hb_, hb_, hb2_, (int64_t)n * hp.n_ff, skip_ffn, f);
@@ -497,7 +497,7 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
             // (or the output matrix's), whether or not this FFN ran; with IF nodes it
             // sets the next FFN's condition.
             const float* next_norm = !fuse_norm_ ? nullptr : il + 1 < hp.n_layer ? layers_[il + 1].attn_norm : output_norm_;
-            const cudaGraphConditionalHandle next_ffn_runs = il + 1 < (int)ffn_runs_.size() ? ffn_runs_[il + 1] : 0;
+            const cudaGraphConditionalHandle next_ffn_runs = ffn_condition(il + 1);
             cuda::Launch g = s;
             g.pdl = s.pdl && !ffn_runs;
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,

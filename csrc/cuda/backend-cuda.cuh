@@ -94,6 +94,9 @@ class CudaForward : public Backend {
     cudaGraphExec_t graph_ = nullptr;
     cudaStream_t body_stream_ = nullptr;   // captures the IF nodes' bodies
     std::vector<cudaGraphConditionalHandle> ffn_runs_;   // (n_layer) while capturing: the FFNs' conditions, 0 = none
+    cudaGraphConditionalHandle ffn_condition(int layer) const {
+        return layer < (int)ffn_runs_.size() ? ffn_runs_[layer] : 0;
+    }
 
     // Device memory: one allocation, carved up in allocate_and_upload.
     void* arena_ = nullptr;

@@ -36,6 +36,13 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, i
     }
 }
 
+// The two 16-bit values (F16 or BF16) packed in a word, as floats.
+template <GgmlType T>
+__device__ __forceinline__ float2 pair_to_float2(uint32_t word) {
+    if constexpr (T == GgmlType::F16) return __half22float2(*reinterpret_cast<const __half2*>(&word));
+    else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&word));
+}
+
 // Unit u (weights 32u .. 32u + 31) of a row, decoded into w.
 template <GgmlType T>
 __device__ __forceinline__ void load_unit(const uint8_t* row, int64_t u, float (&w)[UNIT]) {
@@ -46,27 +53,15 @@ __device__ __forceinline__ void load_unit(const uint8_t* row, int64_t u, float (
             const float4 v = p[i];
             w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
         }
-    } else if constexpr (T == GgmlType::F16) {
+    } else if constexpr (T == GgmlType::F16 || T == GgmlType::BF16) {
         const uint4* p = reinterpret_cast<const uint4*>(row) + u * 4;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const uint4 v = p[i];
-            const __half2* h = reinterpret_cast<const __half2*>(&v);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float2 f = __half22float2(h[j]);
-                w[8 * i + 2 * j] = f.x; w[8 * i + 2 * j + 1] = f.y;
-            }
-        }
-    } else if constexpr (T == GgmlType::BF16) {
-        const uint4* p = reinterpret_cast<const uint4*>(row) + u * 4;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint4 v = p[i];
-            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const float2 f = __bfloat1622float2(h[j]);
+                const float2 f = pair_to_float2<T>(words[j]);
                 w[8 * i + 2 * j] = f.x; w[8 * i + 2 * j + 1] = f.y;
             }
         }
@@ -187,9 +182,7 @@ __device__ __forceinline__ void load8(const uint8_t* row, int64_t e, float (&w)[
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float2 f;
-            if constexpr (T == GgmlType::F16) f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
-            else f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[j]));
+            const float2 f = pair_to_float2<T>(words[j]);
             w[2 * j] = f.x; w[2 * j + 1] = f.y;
         }
     }
@@ -315,9 +308,7 @@ __device__ __forceinline__ void dense_dots_batched(const uint8_t* const (&rows)[
         const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float2 f;
-            if constexpr (T == GgmlType::F16) f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
-            else f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[j]));
+            const float2 f = pair_to_float2<T>(words[j]);
             a += f.x * xv[2 * j];
             a += f.y * xv[2 * j + 1];
         }
