@@ -96,7 +96,8 @@ void bind_model(py::module_& m) {
         .def_readwrite("seed", &SkipConfig::seed)
         .def_readwrite("layers", &SkipConfig::layers)
         .def_readwrite("record_masks", &SkipConfig::record_masks)
-        .def_readwrite("record_cosines", &SkipConfig::record_cosines);
+        .def_readwrite("record_cosines", &SkipConfig::record_cosines)
+        .def_readwrite("surrogates", &SkipConfig::surrogates);
 
     py::class_<SkipStats>(m, "SkipStats")
         .def_readonly("n_layer", &SkipStats::n_layer)
@@ -107,6 +108,7 @@ void bind_model(py::module_& m) {
         .def_readonly("ffn_total_after_warmup", &SkipStats::ffn_total_after_warmup)
         .def_readonly("ffn_skipped_after_warmup", &SkipStats::ffn_skipped_after_warmup)
         .def_readonly("layers_skipped", &SkipStats::layers_skipped)
+        .def_readonly("surrogates_run", &SkipStats::surrogates_run)
         .def_readonly("skipped_per_layer", &SkipStats::skipped_per_layer)
         .def_property_readonly("skip_ratio", &SkipStats::skip_ratio)
         .def_property_readonly("skip_ratio_after_warmup", &SkipStats::skip_ratio_after_warmup)
@@ -220,6 +222,25 @@ void bind_model(py::module_& m) {
             }
             return py::make_tuple(nll, stats);
         }, py::arg("prompt"), py::arg("continuation"), py::arg("skip"),
-           "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).");
+           "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).")
+        .def("trace_ffn", [](Session& self, const std::vector<int32_t>& tokens, const SkipConfig& skip) {
+            Session::FfnTrace trace;
+            {
+                py::gil_scoped_release release;
+                trace = self.trace_ffn(tokens, skip);
+            }
+            auto as_array = [&](std::vector<float>& v) {
+                py::array_t<float> out(std::vector<size_t>{(size_t)trace.n_layer, (size_t)trace.n_tokens, (size_t)trace.n_embd});
+                std::copy(v.begin(), v.end(), out.mutable_data());
+                return out;
+            };
+            py::dict d;
+            d["h"] = as_array(trace.h);
+            d["u"] = as_array(trace.u);
+            d["f"] = as_array(trace.f);
+            return d;
+        }, py::arg("tokens"), py::arg("skip"),
+           "Evaluate tokens as one prompt from an empty cache; per layer the residual before the FFN (h), "
+           "the FFN input (u) and what the block added (f), each (n_layer, n_tokens, n_embd).");
 }
 }  // namespace ffnskip_py

@@ -58,6 +58,9 @@ class CpuForward : public Backend {
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                          SkipSchedule* skip, bool decode_step) override;
 
+    void set_ffn_trace(Session::FfnTrace* trace) override;
+    bool runs_surrogates() const override { return true; }
+
     int32_t n_ctx() const { return kv_.n_ctx; }
     int32_t n_batch() const override { return s_.n_batch; }
     uint64_t kv_bytes() const { return (kv_.k.size() + kv_.v.size()) * sizeof(uint16_t); }
@@ -66,12 +69,15 @@ class CpuForward : public Backend {
     static constexpr int ATTN_TOKENS = 16;   // tokens whose queries share one pass over the keys
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
     void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
+    float* trace_row(std::vector<float>& rows, int il, int32_t pos);
+    void record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src);
 
     const Model::Impl& m_;
     KvCache kv_;
     RunState s_;
     std::unique_ptr<ThreadPool> pool_decode_;
     std::unique_ptr<ThreadPool> pool_batch_;   // null when it would equal pool_decode_
+    Session::FfnTrace* trace_ = nullptr;       // calibration: rows by absolute position
 };
 
 }  // namespace ffnskip

@@ -131,6 +131,15 @@ class Session:
         nll, stats = self._native.score_continuation(list(prompt), list(continuation), config)
         return nll, stats_dict(stats)
 
+    def trace_ffn(self, tokens: Sequence[int], skip: SkipSpec = "full") -> dict[str, np.ndarray]:
+        """Calibration: evaluate ``tokens`` as one prompt from an empty cache and return,
+        per layer, the residual before the FFN (``h``), the FFN's input (``u`` =
+        ffn_norm(h)) and what the block added (``f``), each (n_layer, n_tokens, n_embd).
+        ``skip`` applies its position-independent part (a ``layers`` set, surrogates),
+        so surrogates can be fitted one layer after another. CPU backend."""
+        self._generation += 1
+        return self._native.trace_ffn(list(tokens), skip_config(skip, model=self.model))
+
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
         (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab)). A single

@@ -11,7 +11,8 @@ SkipSpec = Union[None, str, "os.PathLike[str]", Mapping[str, Any], _core.SkipCon
 
 POLICIES = ("full", "ffn_skip", "random", "static", "layers", "shortgpt", "skipdecode")
 FIELDS = ("policy", "threshold", "cold_start", "cold_end", "warmup", "refresh_every", "max_skip",
-          "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines")
+          "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines",
+          "surrogates")
 
 
 def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -> _core.SkipConfig:
@@ -55,6 +56,8 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
             continue
         if name == "layers":
             value = [int(v) for v in value]
+        elif name == "surrogates":
+            value = os.fspath(value)
         setattr(config, name, value)
     return config
 
@@ -66,6 +69,10 @@ def load_profile_config(path: str) -> dict[str, Any]:
     config = profile.get("config") if isinstance(profile, dict) else None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: not a calibration profile (no 'config' object)")
+    surrogates = config.get("surrogates")
+    if surrogates:
+        # A sidecar named in the profile is found beside the profile.
+        config = dict(config, surrogates=os.path.join(os.path.dirname(os.path.abspath(path)), surrogates))
     return config
 
 
@@ -82,6 +89,7 @@ def stats_dict(stats: _core.SkipStats) -> dict[str, Any]:
         "ffn_total_after_warmup": stats.ffn_total_after_warmup,
         "ffn_skipped_after_warmup": stats.ffn_skipped_after_warmup,
         "layers_skipped": stats.layers_skipped,
+        "surrogates_run": stats.surrogates_run,
         "skip_ratio": stats.skip_ratio,
         "skip_ratio_after_warmup": stats.skip_ratio_after_warmup,
         "skipped_per_layer": list(stats.skipped_per_layer),
