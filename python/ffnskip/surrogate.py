@@ -182,6 +182,117 @@ def accumulate(stats: FfnStats, u: np.ndarray, f: np.ndarray, positions: Iterabl
     return int(keep.sum())
 
 
+# ---- fitting on a model: the engine records (u, f) on calibration text ----------------
+
+def text_windows(ids: Sequence[int], window: int, n_tokens: int) -> list[list[int]]:
+    """Consecutive windows of ``window`` tokens (the last may be shorter, at least 16)
+    covering up to ``n_tokens`` tokens of ``ids``; each is traced from an empty cache."""
+    out: list[list[int]] = []
+    for start in range(0, min(len(ids), n_tokens), window):
+        w = list(ids[start:min(start + window, n_tokens)])
+        if len(w) >= 16:
+            out.append(w)
+    return out
+
+
+def calibrate_surrogates(session: Any, ids: Sequence[int], *, rank: int | None,
+                         layers: Sequence[int] | None = None, tokens: int = 16384, window: int = 512,
+                         held_out_share: float = 0.125, sequential: bool = False,
+                         ridges: Sequence[float] = RIDGE_GRID, sink_positions: int = SINK_POSITIONS,
+                         progress: bool = False) -> tuple[dict[int, Surrogate], dict[str, Any]]:
+    """Fit surrogates for ``layers`` (default: every layer) of the session's model on
+    token ids; the last ``held_out_share`` of the windows chooses the ridge.
+
+    ``sequential``: fit the layers in order, each on the inputs of the model whose
+    earlier listed layers already run their surrogates, aimed at the full model's
+    residual after that layer (f = x'_full - h). Meant for a fixed set of replaced FFNs
+    (the ``layers`` policy); it traces the text once per layer.
+    Returns (surrogates by layer, facts about the fit)."""
+    import tempfile
+
+    from .progress import Progress
+    from .skip import skip_config
+
+    n_layer = int(session.model.hparams.n_layer)
+    n_embd = int(session.model.hparams.n_embd)
+    layers = list(range(n_layer)) if layers is None else sorted({int(l) for l in layers})
+    for l in layers:
+        if not 0 <= l < n_layer:
+            raise ValueError(f"layer {l} is out of range (the model has {n_layer})")
+    window = min(window, session.n_ctx)
+    wins = text_windows(ids, window, tokens)
+    n_held = max(1, int(round(len(wins) * held_out_share))) if len(wins) > 1 else 0
+    if len(wins) - n_held < 1:
+        raise ValueError(f"the calibration text is too short: {len(ids)} tokens")
+    held_from = len(wins) - n_held
+
+    def fit_layers(todo: Sequence[int], spec: Any, target: Any) -> dict[int, Surrogate]:
+        train = {l: FfnStats(n_embd) for l in todo}
+        held = {l: FfnStats(n_embd) for l in todo}
+        for wi, w in enumerate(wins):
+            t = session.trace_ffn(w, spec)
+            for l in todo:
+                f = t["f"][l] if target is None else target(wi, l) - t["h"][l]
+                accumulate(train[l] if wi < held_from else held[l], t["u"][l], f, range(len(w)), sink_positions)
+            bar.step(f"traced window {wi + 1}/{len(wins)}")
+        out = {}
+        for l in todo:
+            out[l] = fit_best(train[l], held[l] if n_held else train[l], rank, ridges)
+        return out
+
+    bar = Progress(enabled=progress, desc="surrogates", unit="window")
+    try:
+        if not sequential:
+            fitted = fit_layers(layers, skip_config("full"), None)
+        else:
+            # The full model's residual after each listed layer, per window.
+            full_after: list[dict[int, np.ndarray]] = []
+            for w in wins:
+                t = session.trace_ffn(w, skip_config("full"))
+                full_after.append({l: t["h"][l] + t["f"][l] for l in layers})
+            fitted = {}
+            with tempfile.TemporaryDirectory(prefix="ffnskip-sur-") as tmp:
+                for l in layers:
+                    spec: Any = skip_config("full")
+                    if fitted:
+                        path = os.path.join(tmp, f"upto{l}.gguf")
+                        save(path, fitted, n_embd=n_embd, n_layer=n_layer, dtype="f32")
+                        spec = skip_config({"policy": "layers", "layers": sorted(fitted), "surrogates": path})
+                    fitted.update(fit_layers([l], spec, lambda wi, layer: full_after[wi][layer]))
+    finally:
+        bar.close()
+    n_fit = sum(len(w) - min(sink_positions, len(w)) for w in wins[:held_from])
+    facts = {"rank": -1 if rank is None else rank, "windows": len(wins), "held_out_windows": n_held,
+             "tokens": n_fit, "window": window, "sequential": sequential, "sink_positions": sink_positions,
+             "held_out_error": {str(l): s.held_out_error for l, s in fitted.items()},
+             "ridge": {str(l): s.ridge for l, s in fitted.items()}}
+    return fitted, facts
+
+
+def surrogates_beside(profile_path: str | os.PathLike[str]) -> str:
+    """The sidecar's path for a profile: PROFILE.surrogates.gguf (".json" dropped)."""
+    path = os.fspath(profile_path)
+    return (path[:-5] if path.endswith(".json") else path) + ".surrogates.gguf"
+
+
+def fit_and_save(session: Any, text: str, text_name: str, path: str | os.PathLike[str], *, rank: int | None,
+                 tokens: int = 16384, layers: Sequence[int] | None = None, sequential: bool = False,
+                 progress: bool = False) -> dict[str, Any]:
+    """Fit surrogates on ``text`` and write them to ``path``; the sidecar records the
+    model, the text (name and sha256) and the fit's facts. Returns the facts."""
+    import hashlib
+
+    ids = session.tokenize(text, add_special=False)
+    fitted, facts = calibrate_surrogates(session, ids, rank=rank, layers=layers, tokens=tokens,
+                                         sequential=sequential, progress=progress)
+    hp = session.model.hparams
+    meta = {"model": os.path.basename(session.model.path), "model_size": int(session.model.file_size),
+            "text": os.path.basename(text_name), "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "rank": facts["rank"], "tokens": facts["tokens"], "sequential": bool(sequential)}
+    save(path, fitted, n_embd=int(hp.n_embd), n_layer=int(hp.n_layer), meta=meta)
+    return facts
+
+
 # ---- sidecar file: a small GGUF beside the calibration profile --------------------
 
 def tensor_names(layer: int) -> tuple[str, str, str]:
