@@ -68,12 +68,13 @@ def test_calibrate_with_surrogates_writes_a_profile_and_its_sidecar(model_path, 
     out = tmp_path / "prof.json"
     r = run_cli("calibrate", model_path, "--text", text_file, "--policy", "layers", "--target-ratio", "0.34",
                 "--surrogate-rank", "4", "--surrogate-tokens", "64", "--tokens", "16", "--held-out-tokens", "16",
-                "--generate-tokens", "16", "--prompt-tokens", "8", "--ctx", "64", "-q", "--out", str(out),
+                "--generate-tokens", "16", "--prompt-tokens", "8", "--ctx", "64", "-q", "--out", str(out), "--sequential",
                 timeout=300)
     assert r.returncode == 0, r.stderr
     profile = json.loads(out.read_text())
     sidecar = tmp_path / "prof.surrogates.gguf"
-    assert profile["config"]["policy"] == "layers" and profile["config"]["surrogates"] == sidecar.name
+    seq = tmp_path / "prof.sequential.surrogates.gguf"
+    assert profile["config"]["policy"] == "layers" and profile["config"]["surrogates"] in (sidecar.name, seq.name)
     assert len(profile["config"]["layers"]) == 2            # round(0.34 x 6)
     fitted, meta = sg.load(sidecar, n_embd=64, n_layer=6)
     assert sorted(fitted) == list(range(6)) and all(s.rank == 4 for s in fitted.values())
@@ -81,6 +82,11 @@ def test_calibrate_with_surrogates_writes_a_profile_and_its_sidecar(model_path, 
     alt = profile["layers_alternative"]
     assert math.isfinite(alt["ppl"]) and math.isfinite(alt["ppl_without_surrogates"])
     assert "surrogates" in r.stdout
+    # The sequential refit covers the chosen set only, and was measured.
+    seq_fitted, seq_meta = sg.load(seq, n_embd=64, n_layer=6)
+    assert sorted(seq_fitted) == alt["layers"] and seq_meta["sequential"] is True
+    assert math.isfinite(alt["ppl_sequential"])
+    assert profile["config"]["surrogates"] == (seq.name if alt["ppl_sequential"] < alt["ppl"] else sidecar.name)
     # The profile runs, with its surrogates, from anywhere.
     p = run_cli("perplexity", model_path, "--text", text_file, "--ctx", "48", "--json", "--skip", str(out))
     assert p.returncode == 0, p.stderr

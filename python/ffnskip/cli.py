@@ -172,6 +172,24 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens, n_ctx=args.ctx, n_threads=args.threads, progress=not args.quiet,
         surrogates=surrogates, policy=args.policy,
     )
+    alt = profile["layers_alternative"]
+    if args.sequential and args.surrogate_rank is not None and alt["layers"]:
+        # Refit the chosen set one layer after another, each on the inputs of the model
+        # whose earlier FFNs of the set already run their surrogates.
+        from .calibrate import _score, _windows
+        from .surrogate import sequential_beside
+
+        seq_path = sequential_beside(out)
+        fit_and_save(target, text, args.text, seq_path, rank=args.surrogate_rank, tokens=args.surrogate_tokens,
+                     layers=alt["layers"], sequential=True, progress=not args.quiet)
+        held = _windows(target.tokenize(held_out), args.prompt_tokens, profile["tokens"]["window"],
+                        args.held_out_tokens, "held-out")
+        m = _score(target, held, {"policy": "layers", "layers": alt["layers"], "surrogates": seq_path})
+        alt["ppl_sequential"] = m["ppl"]
+        alt["ppl_increase_sequential"] = m["ppl"] / profile["full_ppl"] - 1.0
+        if args.policy == "layers" and m["ppl"] < alt["ppl"]:
+            surrogates = seq_path
+            profile["config"]["surrogates"] = os.path.abspath(seq_path)
     if surrogates and os.path.dirname(os.path.abspath(surrogates)) == os.path.dirname(os.path.abspath(out)):
         # Named relative to the profile, so the pair can move together.
         profile["config"]["surrogates"] = os.path.basename(surrogates)
@@ -183,7 +201,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                                                            args.surrogate_tokens if args.surrogate_rank is not None else None),
                ("--surrogates", args.surrogates)]
     profile["command"] = " ".join(["ffnskip calibrate", model, "--text", args.text] +
-                                  [f"{k} {v}" for k, v in options if v is not None])
+                                  [f"{k} {v}" for k, v in options if v is not None] +
+                                  (["--sequential"] if args.sequential else []))
     save_profile(profile, out)
     if args.plot:
         from .plot import plot_profile
@@ -206,6 +225,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"layers {alt['layers']}: skip ratio {alt['measured_ratio']:.3f}, held-out ppl {alt['ppl']:.3f} "
         f"({100 * alt['ppl_increase']:+.1f}%)",
     ]
+    if "ppl_sequential" in alt:
+        lines.append(f"layers {alt['layers']} with sequentially fitted surrogates: held-out ppl "
+                     f"{alt['ppl_sequential']:.3f} ({100 * alt['ppl_increase_sequential']:+.1f}%)")
     if profile.get("surrogates"):
         lines += [
             f"surrogates: {profile['surrogates']}; without them the same settings give held-out ppl "
@@ -383,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--surrogate-tokens", type=int, default=16384,
                    help="calibration tokens the surrogates are fitted on (default 16384)")
     c.add_argument("--surrogates", help="an existing surrogate file to search with (instead of --surrogate-rank)")
+    c.add_argument("--sequential", action="store_true",
+                   help="with --surrogate-rank: refit the chosen layers set layer after layer on the partly replaced "
+                        "model (PROFILE.sequential.surrogates.gguf); --policy layers uses it when it measures better")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     c.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     c.add_argument("-c", "--ctx", type=int, default=512, help="context length (at least prompt + window + 1)")

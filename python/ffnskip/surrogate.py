@@ -275,6 +275,12 @@ def surrogates_beside(profile_path: str | os.PathLike[str]) -> str:
     return (path[:-5] if path.endswith(".json") else path) + ".surrogates.gguf"
 
 
+def sequential_beside(profile_path: str | os.PathLike[str]) -> str:
+    """The sequentially fitted sidecar's path: PROFILE.sequential.surrogates.gguf."""
+    path = os.fspath(profile_path)
+    return (path[:-5] if path.endswith(".json") else path) + ".sequential.surrogates.gguf"
+
+
 def fit_and_save(session: Any, text: str, text_name: str, path: str | os.PathLike[str], *, rank: int | None,
                  tokens: int = 16384, layers: Sequence[int] | None = None, sequential: bool = False,
                  progress: bool = False) -> dict[str, Any]:
