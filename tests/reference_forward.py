@@ -1,10 +1,12 @@
-"""Pure-numpy LLaMA forward pass: the test oracle for logits.
+"""Pure-numpy LLaMA-family forward pass: the test oracle for logits.
 
 Independent of the engine: weights are read and de-quantized with the `gguf`
 package (float32), and every step is written out plainly in numpy. It follows
-llama.cpp's conventions for `llama` architecture GGUFs:
-- the converter already permuted the Q/K rows, so RoPE rotates adjacent pairs
-  (x[2i], x[2i+1]) of the first n_rot dims of a head ("normal" mode, not NeoX);
+llama.cpp's conventions for `llama` and `qwen2` architecture GGUFs:
+- llama: the converter already permuted the Q/K rows, so RoPE rotates adjacent
+  pairs (x[2i], x[2i+1]) of the first n_rot dims of a head ("normal" mode);
+- qwen2: Q/K/V projections add a bias vector (`blk.N.attn_q.bias` ...), and RoPE
+  rotates the pairs (x[i], x[i + n_rot/2]) ("NeoX" mode); metadata keys `qwen2.*`;
 - GGUF lists dimensions innermost first, so a tensor of GGUF shape [cols, rows]
   is a numpy (rows, cols) matrix and y = W @ x;
 - the output projection is `output.weight`, or the token embedding when tied.
@@ -70,9 +72,11 @@ class ReferenceModel:
     def __init__(self, path, *, kv_f16: bool = False):
         reader = gguf.GGUFReader(str(path))
         arch = _field(reader, "general.architecture")
-        if arch != "llama":
-            raise ValueError(f"reference forward supports the llama architecture, not {arch!r}")
+        if arch not in ("llama", "qwen2"):
+            raise ValueError(f"reference forward supports the llama and qwen2 architectures, not {arch!r}")
         a = arch + "."
+        self.arch = arch
+        self.rope_neox = arch == "qwen2"
         self.path = str(path)
         self.kv_f16 = kv_f16
         self.n_layer = int(_field(reader, a + "block_count"))
@@ -109,7 +113,14 @@ class ReferenceModel:
         self.layers = []
         for il in range(self.n_layer):
             p = f"blk.{il}."
+            if arch == "qwen2":
+                missing = [p + f"attn_{x}.bias" for x in "qkv" if p + f"attn_{x}.bias" not in self.w]
+                if missing:
+                    raise ValueError(f"qwen2 model without {', '.join(missing)}")
             self.layers.append({
+                "bq": self.w.get(p + "attn_q.bias"),           # (n_head * head_dim_k,) or None
+                "bk": self.w.get(p + "attn_k.bias"),           # (n_head_kv * head_dim_k,) or None
+                "bv": self.w.get(p + "attn_v.bias"),           # (n_head_kv * head_dim_v,) or None
                 "attn_norm": self.w[p + "attn_norm.weight"],   # (n_embd,)
                 "wq": self.w[p + "attn_q.weight"],             # (n_head * head_dim_k, n_embd)
                 "wk": self.w[p + "attn_k.weight"],             # (n_head_kv * head_dim_k, n_embd)
@@ -148,7 +159,8 @@ class ReferenceModel:
     # ---- building blocks ---------------------------------------------------
 
     def rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """llama.cpp "normal" RoPE: rotate (x[2i], x[2i+1]) of the first n_rot dims.
+        """RoPE on the first n_rot dims of each head: pair i is (x[2i], x[2i+1]) in
+        llama.cpp's "normal" mode, (x[i], x[i + n_rot/2]) in NeoX mode (qwen2).
 
         x: (n, n_heads, head_dim), pos: (n,). theta = pos * freq_scale * base^(-2i/n_rot).
         """
@@ -158,10 +170,14 @@ class ReferenceModel:
         cos = np.cos(theta).astype(np.float32)[:, None, :]
         sin = np.sin(theta).astype(np.float32)[:, None, :]
         out = x.copy()
-        x0 = x[..., 0:self.n_rot:2]
-        x1 = x[..., 1:self.n_rot:2]
-        out[..., 0:self.n_rot:2] = x0 * cos - x1 * sin
-        out[..., 1:self.n_rot:2] = x0 * sin + x1 * cos
+        if self.rope_neox:
+            first, second = slice(0, half), slice(half, self.n_rot)
+        else:
+            first, second = slice(0, self.n_rot, 2), slice(1, self.n_rot, 2)
+        x0 = x[..., first]
+        x1 = x[..., second]
+        out[..., first] = x0 * cos - x1 * sin
+        out[..., second] = x0 * sin + x1 * cos
         return out
 
     def attention(self, il: int, q: np.ndarray, start_pos: int) -> np.ndarray:
@@ -206,9 +222,12 @@ class ReferenceModel:
         for il, L in enumerate(self.layers):
             # attention block
             h = rms_norm(x, L["attn_norm"], self.eps)
-            q = (h @ L["wq"].T).reshape(n, self.n_head, self.head_dim_k)
-            k = (h @ L["wk"].T).reshape(n, self.n_head_kv, self.head_dim_k)
-            v = (h @ L["wv"].T).reshape(n, self.n_head_kv, self.head_dim_v)
+            q, k, v = h @ L["wq"].T, h @ L["wk"].T, h @ L["wv"].T
+            if L["bq"] is not None:
+                q, k, v = q + L["bq"], k + L["bk"], v + L["bv"]
+            q = q.reshape(n, self.n_head, self.head_dim_k)
+            k = k.reshape(n, self.n_head_kv, self.head_dim_k)
+            v = v.reshape(n, self.n_head_kv, self.head_dim_v)
             q = self.rope(q, pos)
             k = self.rope(k, pos)
             self._store(il, start_pos, k, v)

@@ -1,4 +1,9 @@
-"""Tiny random-weight LLaMA GGUFs for tests, written with gguf.GGUFWriter.
+"""Tiny random-weight LLaMA-family GGUFs for tests, written with gguf.GGUFWriter.
+
+arch="llama" (the default) or arch="qwen2": qwen2 files carry `qwen2.*` metadata,
+F32 Q/K/V biases and the `qwen2` pre-tokenizer, add no BOS, and default to an
+untied output matrix, as the Qwen2.5 GGUFs do (their RoPE form, NeoX, is implied
+by the architecture, not stored).
 
 Weights are Gaussian with fan-in scaling, so hidden states and logits are O(1)
 and vary between tokens. F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 are made by
@@ -223,10 +228,15 @@ def _type_for(name: str, weight_type, tensor_types) -> str:
 def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_layer: int = 2,
                      n_head: int = 4, n_head_kv: int | None = None, n_ff: int | None = None,
                      n_ctx: int = 256, rope_base: float = 10000.0, n_rot: int | None = None,
-                     rope_scale: float | None = None, tied_output: bool = True,
+                     rope_scale: float | None = None, tied_output: bool | None = None,
                      weight_type="F32", tensor_types: dict | None = None, seed: int = 0,
-                     tokenizer: str = "gpt2", eps: float = 1e-5, name: str = "synthetic-llama"):
-    """Write a random-weight LLaMA GGUF and return its path.
+                     tokenizer: str = "gpt2", eps: float = 1e-5, name: str | None = None,
+                     arch: str = "llama", bias_std: float = 0.5):
+    """Write a random-weight LLaMA-family GGUF and return its path.
+
+    arch: "llama" or "qwen2" (Q/K/V biases with spread bias_std).
+    tied_output: output projection = token embedding (default: True for llama,
+    False for qwen2).
 
     n_vocab: vocabulary size (None: the base vocabulary, 384 tokens for gpt2, about
     480 for llama); must be at least the base (259 + specials) tokens.
@@ -237,6 +247,11 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
     rope_scale: linear RoPE scaling factor (positions are divided by it).
     """
     path = pathlib.Path(path)
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"arch must be 'llama' or 'qwen2', not {arch!r}")
+    qkv_bias = arch == "qwen2"
+    tied_output = (arch == "llama") if tied_output is None else tied_output
+    name = f"synthetic-{arch}" if name is None else name
     rng = np.random.default_rng(seed)
     n_head_kv = n_head if n_head_kv is None else n_head_kv
     n_ff = 3 * n_embd if n_ff is None else n_ff
@@ -260,7 +275,7 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
         raise ValueError(f"n_vocab {n_vocab} is below the minimum vocabulary of {len(tokens)} tokens")
     n_vocab = len(tokens)
 
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_block_count(n_layer)
     w.add_context_length(n_ctx)
@@ -278,7 +293,7 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
 
     w.add_tokenizer_model(tokenizer)
     if tokenizer == "gpt2":
-        w.add_tokenizer_pre("default")
+        w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "default")
         w.add_token_list(tokens)
         w.add_token_types([int(t) for t in types])
         w.add_token_merges(merges)
@@ -302,6 +317,9 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
         data, raw = encode_tensor(rng, gauss(rows, cols, std), t, tname)
         w.add_tensor(tname, data, raw_dtype=raw)
 
+    def bias(tname, rows):
+        w.add_tensor(tname, (bias_std * rng.standard_normal(rows)).astype(np.float32))
+
     def norm(tname):
         w.add_tensor(tname, (1.0 + 0.1 * rng.standard_normal(n_embd)).astype(np.float32))
 
@@ -310,9 +328,10 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
     for il in range(n_layer):
         p = f"blk.{il}."
         norm(p + "attn_norm.weight")
-        matrix(p + "attn_q.weight", n_head * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
-        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
-        matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd, 1.0 / np.sqrt(n_embd))
+        for short, rows in (("q", n_head * head_dim), ("k", n_head_kv * head_dim), ("v", n_head_kv * head_dim)):
+            matrix(p + f"attn_{short}.weight", rows, n_embd, 1.0 / np.sqrt(n_embd))
+            if qkv_bias:
+                bias(p + f"attn_{short}.bias", rows)
         matrix(p + "attn_output.weight", n_embd, n_head * head_dim, 0.5 / np.sqrt(n_head * head_dim))
         norm(p + "ffn_norm.weight")
         matrix(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))

@@ -524,7 +524,7 @@ def test_rewrite_keeps_a_valid_model(tmp_path, synthetic_model):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "falcon", "qwen2", ""])
+@pytest.mark.parametrize("arch", ["gpt2", "falcon", "qwen2moe", "qwen3", ""])
 def test_unsupported_architecture(tmp_path, synthetic_model, arch):
     path = rewrite(synthetic_model(), tmp_path / "m.gguf", set_kv={"general.architecture": (STR, arch)})
     with pytest.raises(FormatError, match=f"unsupported architecture '{arch}'"):
@@ -797,3 +797,44 @@ def test_mutation_loop(synthetic_model):
             assert t["offset"] % got["alignment"] == 0
     assert n >= 300, f"only {n} mutations parsed in {budget} s"
     assert n_ok > 0 and n_err > 0, (n_ok, n_err)
+
+
+# ---- qwen2: the architecture's own tensors and keys -----------------------------------
+
+@pytest.mark.parametrize("name", ["blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"])
+def test_qwen2_missing_bias(tmp_path, synthetic_model, name):
+    path = rewrite(synthetic_model(arch="qwen2"), tmp_path / "m.gguf", drop_tensors={name})
+    with pytest.raises(FormatError, match=f"required tensor '{re.escape(name)}' is missing"):
+        ffnskip.Model(str(path))
+
+
+@pytest.mark.parametrize("name, shape, expected", [
+    # n_embd 64, n_head 4, n_head_kv 4: q and k/v widths 64
+    ("blk.0.attn_q.bias", [32], r"\[64\]"),
+    ("blk.1.attn_k.bias", [32, 2], r"\[64\]"),
+    ("blk.0.attn_v.bias", [16], r"\[64\]"),
+])
+def test_qwen2_mis_shaped_bias(tmp_path, synthetic_model, name, shape, expected):
+    path = rewrite(synthetic_model(arch="qwen2"), tmp_path / "m.gguf", shapes={name: shape})
+    with pytest.raises(FormatError, match=rf"tensor '{re.escape(name)}' has shape \[{', '.join(map(str, shape))}\], expected {expected}"):
+        ffnskip.Model(str(path))
+
+
+def test_qwen2_reads_its_own_keys(tmp_path, synthetic_model):
+    """Metadata is read under the architecture's prefix: a qwen2 file with llama.* keys is not enough."""
+    path = rewrite(synthetic_model(arch="qwen2"), tmp_path / "m.gguf", drop_kv={"qwen2.block_count"},
+                   set_kv={"llama.block_count": (U32, 2)})
+    with pytest.raises(FormatError, match="required metadata 'qwen2.block_count' is missing"):
+        ffnskip.Model(str(path))
+
+
+def test_qwen2_file_relabelled_llama_lacks_llama_keys(tmp_path, synthetic_model):
+    path = rewrite(synthetic_model(arch="qwen2"), tmp_path / "m.gguf", set_kv={"general.architecture": (STR, "llama")})
+    with pytest.raises(FormatError, match="required metadata 'llama.block_count' is missing"):
+        ffnskip.Model(str(path))
+
+
+def test_unknown_architecture_names_the_known_ones(tmp_path, synthetic_model):
+    path = rewrite(synthetic_model(arch="qwen2"), tmp_path / "m.gguf", set_kv={"general.architecture": (STR, "qwen3")})
+    with pytest.raises(FormatError, match=r"unsupported architecture 'qwen3' \(ffnskip runs general.architecture = llama, qwen2\)"):
+        ffnskip.Model(str(path))

@@ -364,6 +364,76 @@ def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
     assert got.tokens == want.tokens
 
 
+# ---- qwen2: Q/K/V biases, NeoX RoPE, untied output ---------------------------------------
+
+def _qwen2(synthetic_model, **kw) -> str:
+    kw = dict(dict(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, seed=3), **kw)
+    return str(synthetic_model(arch="qwen2", **kw))
+
+
+@pytest.mark.parametrize("weight_type", TYPES)
+def test_qwen2_logits_match_reference(gpu, synthetic_model, weight_type):
+    """Prompt (cuBLAS; biases and NeoX rotation in the rope kernel) and decode steps (graph)."""
+    from reference_forward import ReferenceModel
+
+    path = _qwen2(synthetic_model, weight_type=weight_type)
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), _ref_tol(weight_type), f"qwen2 {weight_type} prompt")
+    for t in (9, 44, 180):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], _ref_tol(weight_type), f"qwen2 {weight_type} decode")
+
+
+@pytest.mark.parametrize("setting", ["FFNSKIP_CUDA_FUSE=0", "FFNSKIP_CUDA_GRAPH=0", "FFNSKIP_CUDA_FUSE_ROPE=1",
+                                     "FFNSKIP_CUDA_FUSE_ROPE=1,FFNSKIP_CUDA_FUSE_NORM=1,FFNSKIP_CUDA_FUSE_FFN_NORM=1",
+                                     "FFNSKIP_CUDA_ATTN_TILED=1"])
+@pytest.mark.parametrize("shape", [
+    dict(),                                                   # GQA, NeoX over the whole head
+    dict(n_embd=192, n_head=6, n_head_kv=2, n_rot=16),        # NeoX pairs over half of each head
+    dict(n_embd=160, n_head=5, n_head_kv=1, n_vocab=389, tied_output=True),   # MQA, odd rows, tied
+])
+def test_qwen2_settings_and_shapes_match_reference(gpu, synthetic_model, monkeypatch, setting, shape):
+    """Every decode path: unfused products, no graph, FFNSKIP_CUDA_FUSE_ROPE=1 (which keeps
+    the rope kernel for NeoX pairs and biases), the folded norms, tiled prompt attention."""
+    from reference_forward import ReferenceModel
+
+    for name_value in setting.split(","):
+        name, value = name_value.split("=")
+        monkeypatch.setenv(name, value)
+    path = _qwen2(synthetic_model, weight_type="Q8_0", **shape)
+    ref = ReferenceModel(path, kv_f16=True)
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), ref.forward(IDS), 5e-3, f"qwen2 {shape} prompt, {setting}")
+    for t in (9, 44, 180, 7):
+        _close(gpu_s.eval([t]), ref.forward([t])[-1], 5e-3, f"qwen2 {shape} decode, {setting}")
+
+
+@pytest.mark.parametrize("weight_type", ["F32", "F16", "Q4_K", "Q6_K"])
+def test_qwen2_logits_match_cpu(gpu, synthetic_model, weight_type):
+    path = _qwen2(synthetic_model, weight_type=weight_type)
+    cpu = ffnskip.Session(path, n_ctx=64, backend="cpu")
+    gpu_s = ffnskip.Session(path, n_ctx=64, backend="cuda")
+    _close(gpu_s.eval(IDS, all_logits=True), cpu.eval(IDS, all_logits=True), _tol(weight_type), "qwen2 prompt vs CPU")
+    for t in (9, 44, 180):
+        _close(gpu_s.eval([t]), cpu.eval([t]), _tol(weight_type), "qwen2 decode vs CPU")
+
+
+@pytest.mark.parametrize("skip", [
+    dict(policy="full"),
+    dict(policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=1, warmup=2, refresh_every=4, max_skip=2),
+    dict(policy="skipdecode", target_ratio=0.25, cold_start=1, cold_end=1, warmup=1, skipdecode_span=8),
+])
+def test_qwen2_greedy_tokens_and_skip_masks_match_cpu(gpu, synthetic_model, skip):
+    """The skip policies sit above the forward pass: the same tokens and masks on qwen2."""
+    path = _qwen2(synthetic_model, n_layer=6, n_head_kv=4, weight_type="F32", seed=11, n_ctx=256)
+    want = _generate(path, "cpu", **skip)
+    got = _generate(path, "cuda", **skip)
+    assert got.tokens == want.tokens
+    np.testing.assert_array_equal(got.stats.get("skip_masks"), want.stats.get("skip_masks"))
+    if "cosines" in want.stats:
+        np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
+
+
 @pytest.fixture
 def real_model(request):
     """SmolLM2 Q4_1, or the GGUF that FFNSKIP_GPU_TEST_MODEL names (a GPU machine that

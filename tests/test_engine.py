@@ -36,13 +36,42 @@ def _compare(path, ids=IDS, n_threads=1):
     return got, expected
 
 
+# qwen2: Q/K/V biases, NeoX RoPE, untied output (the synthetic default for qwen2).
+ARCHS = ["llama", "qwen2"]
+
+
+def _arch(arch: str) -> dict:
+    """synthetic_model keyword for an architecture (llama is its default: same files as before)."""
+    return {} if arch == "llama" else {"arch": arch}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("weight_type", WEIGHT_TYPES)
-def test_logits_match_reference(synthetic_model, weight_type):
-    path = synthetic_model(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, weight_type=weight_type, seed=1)
+def test_logits_match_reference(synthetic_model, weight_type, arch):
+    path = synthetic_model(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, weight_type=weight_type, seed=1, **_arch(arch))
     got, expected = _compare(path)
     rel = np.abs(got - expected).max() / expected.std()
-    assert rel < REL_TOL.get(weight_type, REL_TOL_QUANT), f"{weight_type}: max diff {rel:.4f} x std"
+    assert rel < REL_TOL.get(weight_type, REL_TOL_QUANT), f"{arch} {weight_type}: max diff {rel:.4f} x std"
     assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.9
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("weight_type", ["F32", "Q8_0", "Q4_K"])
+def test_decode_steps_match_reference(synthetic_model, weight_type, arch):
+    """A prompt, then one-token steps that read the KV cache the prompt filled."""
+    path = synthetic_model(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, weight_type=weight_type, seed=1, **_arch(arch))
+    ref = ReferenceModel(path, kv_f16=True)
+    emulate_activation_quantization(ref, _types(path))
+    session = ffnskip.Session(str(path), n_ctx=64, n_threads=2)
+    tol = REL_TOL.get(weight_type, REL_TOL_QUANT)
+    prompt, steps = IDS[:7], IDS[7:] + [250, 1, 99]
+    want = ref.forward(prompt, 0)
+    got = session.eval(prompt, all_logits=True)
+    assert np.abs(got - want).max() / want.std() < tol
+    for t in steps:
+        want = ref.forward([t])[-1]
+        got = session.eval([t])
+        assert np.abs(got - want).max() / want.std() < tol, f"{arch} {weight_type}: decode step at {ref.n_past - 1}"
 
 
 @pytest.mark.parametrize("shape", [
@@ -50,6 +79,8 @@ def test_logits_match_reference(synthetic_model, weight_type):
     dict(n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_rot=16),       # GQA, partial RoPE
     dict(n_embd=128, n_head=4, n_head_kv=1, n_layer=2, rope_scale=4.0), # MQA, linear RoPE scaling
     dict(n_embd=128, n_head=4, n_layer=2, tied_output=False, rope_base=500000.0, tokenizer="llama"),
+    dict(arch="qwen2", n_embd=192, n_head=6, n_head_kv=2, n_layer=2, n_rot=16),   # NeoX pairs over part of a head
+    dict(arch="qwen2", n_embd=128, n_head=4, n_head_kv=1, n_layer=2, tied_output=True, rope_base=1e6, eps=1e-6),
 ])
 def test_shapes_match_reference(synthetic_model, shape):
     path = synthetic_model(weight_type="F32", seed=3, **shape)

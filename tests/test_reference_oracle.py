@@ -274,3 +274,73 @@ def test_perplexity_convention(synthetic_model, monkeypatch):
     # n_ctx 10: scored j = 5..8; j = 5 is uniform over n_vocab -> exp(log(n_vocab) / 4) per chunk
     assert m.perplexity(ids, 10) == pytest.approx(m.n_vocab ** 0.25, rel=1e-6)
     assert m.perplexity(ids, 10, n_chunks=2) == pytest.approx(m.n_vocab ** 0.25, rel=1e-6)
+
+
+# ---- qwen2: Q/K/V biases, NeoX RoPE, untied output ------------------------------------
+
+def test_qwen2_hparams_and_weights(synthetic_model):
+    m = ReferenceModel(synthetic_model(arch="qwen2", n_embd=128, n_head=4, n_head_kv=2, rope_base=1e6, eps=1e-6))
+    assert (m.arch, m.rope_neox, m.rope_base, m.eps) == ("qwen2", True, 1e6, pytest.approx(1e-6))
+    assert m.output is not m.tok_embd and m.output.shape == m.tok_embd.shape
+    L = m.layers[0]
+    assert L["bq"].shape == (128,) and L["bk"].shape == (64,) and L["bv"].shape == (64,)
+    assert ReferenceModel(synthetic_model()).layers[0]["bq"] is None   # llama: no biases
+
+
+def test_neox_rope_pairs(synthetic_model):
+    """Pair i is (x[i], x[i + n_rot/2]), turned by pos * base^(-2i/n_rot); dims past n_rot stay."""
+    m = ReferenceModel(synthetic_model(arch="qwen2", n_embd=64, n_head=4, n_rot=8, rope_base=500.0, seed=4))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1, 16)).astype(np.float32)
+    out = m.rope(x, np.array([3]))
+    for i in range(4):
+        theta = 3.0 * 500.0 ** (-2 * i / 8)
+        z = complex(x[0, 0, i], x[0, 0, i + 4]) * complex(np.cos(theta), np.sin(theta))
+        assert out[0, 0, i] == pytest.approx(z.real, abs=1e-5)
+        assert out[0, 0, i + 4] == pytest.approx(z.imag, abs=1e-5)
+    np.testing.assert_array_equal(out[..., 8:], x[..., 8:])
+    q, k = rng.standard_normal((2, 1, 1, 16)).astype(np.float32)
+    d1 = float((m.rope(q, np.array([7])) * m.rope(k, np.array([2]))).sum())
+    d2 = float((m.rope(q, np.array([25])) * m.rope(k, np.array([20]))).sum())
+    assert d1 == pytest.approx(d2, abs=1e-4)
+
+
+def test_qwen2_biases_and_rope_form_change_the_logits(synthetic_model):
+    """Each qwen2 difference moves the logits far more than the engine tests' tolerances, so
+    an engine that dropped the biases or rotated adjacent pairs would fail them."""
+    m = ReferenceModel(synthetic_model(arch="qwen2", n_embd=128, n_head=4, n_head_kv=2, seed=2))
+    toks = [3, 17, 250, 99, 4, 120]
+    want = m.forward(toks, 0)
+    m.rope_neox = False
+    m.reset()
+    assert np.abs(m.forward(toks, 0) - want).max() > 0.1 * want.std()
+    m.rope_neox = True
+    for key in ("bq", "bk", "bv"):
+        kept = [L[key] for L in m.layers]
+        for L in m.layers:
+            L[key] = np.zeros_like(L[key])
+        m.reset()
+        assert np.abs(m.forward(toks, 0) - want).max() > 0.1 * want.std(), key
+        for L, b in zip(m.layers, kept):
+            L[key] = b
+
+
+def test_qwen2_without_a_bias_is_refused(tmp_path):
+    path = synthetic.write_llama_gguf(tmp_path / "full.gguf", arch="qwen2")
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "qwen2")
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+    for t in r.tensors:
+        if t.name != "blk.1.attn_k.bias":
+            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="blk.1.attn_k.bias"):
+        ReferenceModel(tmp_path / "m.gguf")

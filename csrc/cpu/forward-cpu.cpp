@@ -1,8 +1,10 @@
-// The LLaMA forward pass on the CPU, read top to bottom:
+// The LLaMA-family forward pass on the CPU, read top to bottom:
 //   x = embed(token)
-//   for each layer:  h  = x + Wo attention(rope(Wq norm(x)), rope(Wk norm(x)), Wv norm(x))
+//   for each layer:  h  = x + Wo attention(rope(Wq norm(x) + bq), rope(Wk norm(x) + bk), Wv norm(x) + bv)
 //                    x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h))
 //   logits = Wout norm(x)
+// What differs between architectures is data from the loader: the biases (empty when
+// the architecture has none) and the RoPE pairing (hp.rope_neox).
 #include "cpu/forward-cpu.h"
 
 #include <algorithm>
@@ -139,8 +141,11 @@ void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos, bool
     const AttnKernels ak = attn_kernels(hp.head_dim);
     matmul(pool, L.wk, s_.xb.data(), s_.k.data(), n, s_.act, xb_converted);
     matmul(pool, L.wv, s_.xb.data(), s_.v.data(), n, s_.act, true);
+    if (!L.bk.empty()) add_bias(s_.k.data(), L.bk.data(), n, kv_width);
+    if (!L.bv.empty()) add_bias(s_.v.data(), L.bv.data(), n, kv_width);
     for (int t = 0; t < n; t++) {
-        rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
+        rope(s_.k.data() + (size_t)t * kv_width, hp.n_head_kv, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base,
+             hp.rope_freq_scale, rope_ff, hp.rope_neox);
         uint16_t* kc = kv_.k_at(il, pos + t);
         uint16_t* vc = kv_.v_at(il, pos + t);
         ak.to_f16(kc, s_.k.data() + (size_t)t * kv_width, kv_width);
@@ -181,8 +186,10 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         // ---- attention: h = x + Wo attn(norm(x)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.attn_norm.data(), D, hp.rms_eps);
         matmul(pool, L.wq, s_.xb.data(), s_.q.data(), n, s_.act);
+        if (!L.bq.empty()) add_bias(s_.q.data(), L.bq.data(), n, q_width);
         for (int t = 0; t < n; t++)
-            rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base, hp.rope_freq_scale, rope_ff);
+            rope(s_.q.data() + (size_t)t * q_width, hp.n_head, hp.head_dim, hp.n_rot, pos + t, hp.rope_freq_base,
+                 hp.rope_freq_scale, rope_ff, hp.rope_neox);
         store_kv(pool, il, n, pos, true);
         attention(pool, il, n, pos);
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);

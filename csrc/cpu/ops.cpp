@@ -231,7 +231,7 @@ void embedding_row(const WeightMatrix& table, int32_t token, float* out) {
 }
 
 void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_base, float freq_scale,
-          const float* freq_factors) {
+          const float* freq_factors, bool neox) {
     // theta_i = pos * base^(-2i/n_rot), built by repeated multiplication in float
     // exactly as llama.cpp does, so rounding matches.
     const float theta_scale = std::pow(freq_base, -2.0f / (float)n_rot);
@@ -243,14 +243,23 @@ void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_ba
         sin_t[i] = std::sin(t);
         theta *= theta_scale;
     }
+    const int half = n_rot / 2;
+    const int step = neox ? 1 : 2;       // where pair i starts
+    const int other = neox ? half : 1;   // how far its second element is
     for (int h = 0; h < n_heads; h++) {
         float* v = x + (int64_t)h * head_dim;
-        for (int i = 0; i < n_rot / 2; i++) {
-            const float x0 = v[2 * i], x1 = v[2 * i + 1];
-            v[2 * i] = x0 * cos_t[i] - x1 * sin_t[i];
-            v[2 * i + 1] = x0 * sin_t[i] + x1 * cos_t[i];
+        for (int i = 0; i < half; i++) {
+            float* a = v + step * i;
+            const float x0 = a[0], x1 = a[other];
+            a[0] = x0 * cos_t[i] - x1 * sin_t[i];
+            a[other] = x0 * sin_t[i] + x1 * cos_t[i];
         }
     }
+}
+
+void add_bias(float* y, const float* bias, int64_t n, int64_t width) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < width; i++) y[t * width + i] += bias[i];
 }
 
 void swiglu(float* out, const float* gate, const float* up, int64_t n) {

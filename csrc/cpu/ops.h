@@ -84,10 +84,14 @@ void vec_exp(float* out, const float* x, int64_t n);
 // One embedding row, decoded to float.
 void embedding_row(const WeightMatrix& table, int32_t token, float* out);
 
-// Rotates the first n_rot dims of each of n_heads heads of width head_dim in place,
-// llama.cpp's "normal" mode (adjacent pairs) for position pos.
+// Rotates the first n_rot dims of each of n_heads heads of width head_dim in place for
+// position pos: llama.cpp's "normal" mode (pairs (2i, 2i + 1)), or with neox its NEOX
+// mode (pairs (i, i + n_rot/2)); pair i turns by the same angle in both.
 void rope(float* x, int n_heads, int head_dim, int n_rot, int pos, float freq_base, float freq_scale,
-          const float* freq_factors);
+          const float* freq_factors, bool neox = false);
+
+// y[t * width + i] += bias[i] for each of n rows (the Q/K/V biases of qwen2).
+void add_bias(float* y, const float* bias, int64_t n, int64_t width);
 
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up, elementwise; each element's
 // result does not depend on n or its index (tails take the SIMD path too).

@@ -143,6 +143,11 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     fuse_rope_ = env_is("FFNSKIP_CUDA_FUSE_ROPE", "1");    // Q/K/V products rotate and store the cache
     ffn_if_nodes_ = use_graph_ && env_is("FFNSKIP_CUDA_GRAPH_IF", "1");   // left-out FFNs launch nothing
     fuse_ffn_norm_ = env_is("FFNSKIP_CUDA_FUSE_FFN_NORM", "1");   // the gate/up product computes the FFN's RMSNorm
+    // The products' epilogue holds adjacent rows of one warp: NEOX pairs (i, i + n_rot/2)
+    // span warps, and the biases are added by the rope kernel; such models keep the
+    // separate rope kernel.
+    const bool has_bias = !model.w.layers.empty() && !model.w.layers[0].bq.empty();
+    if (hp.rope_neox || has_bias) fuse_rope_ = false;
     check_supported();
     std::string why;
     blas_ = cuda::cublas_api(&why);
@@ -214,8 +219,7 @@ void CudaForward::allocate_and_upload() {
     std::vector<const std::vector<float>*> vectors = {&w.output_norm, &w.rope_freq_factors};
     for (const LayerWeights& L : w.layers) {
         for (const WeightMatrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) matrices.push_back(m);
-        vectors.push_back(&L.attn_norm);
-        vectors.push_back(&L.ffn_norm);
+        for (const std::vector<float>* v : {&L.attn_norm, &L.ffn_norm, &L.bq, &L.bk, &L.bv}) vectors.push_back(v);
     }
     std::map<const uint8_t*, size_t> matrix_at;   // host rows -> offset in the arena
     std::vector<const WeightMatrix*> distinct;
@@ -300,6 +304,9 @@ void CudaForward::allocate_and_upload() {
         D.ffn_down = device_matrix(L.ffn_down);
         D.attn_norm = upload_vector(L.attn_norm);
         D.ffn_norm = upload_vector(L.ffn_norm);
+        D.bias.q = upload_vector(L.bq);
+        D.bias.k = upload_vector(L.bk);
+        D.bias.v = upload_vector(L.bv);
     }
     if (off != weight_bytes) throw Error("CUDA backend: internal error: weight layout mismatch");
 
@@ -308,6 +315,7 @@ void CudaForward::allocate_and_upload() {
     rope_.head_dim = hp.head_dim;
     rope_.theta_scale = std::pow(hp.rope_freq_base, -2.0f / (float)hp.n_rot);
     rope_.freq_scale = hp.rope_freq_scale;
+    rope_.neox = hp.rope_neox;
 
     const size_t kv_half = (size_t)hp.n_layer * n_ctx_ * kv_width_;
     k_cache_ = static_cast<__half*>(take(kv_half * sizeof(__half)));
@@ -454,7 +462,7 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         xb_ready = false;
         if (!project_qkv(L, il, n, skip_attn, skip_kv, s, device_skip && fuse_rope_))
             cuda::rope_store_kv(k_, v_, k_cache(il), v_cache(il), n, hp.n_head_kv, rope_, pos, skip_kv, s, q_,
-                                hp.n_head, skip_attn);
+                                hp.n_head, skip_attn, L.bias);
         cuda::attention(q_, k_cache(il), v_cache(il), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, pos, skip_attn, s,
                         &attn_splits_);
         if (n == 1 && fuse_) {

@@ -30,6 +30,7 @@ namespace ffnskip {
 struct CudaLayer {
     const float* attn_norm = nullptr;   // (n_embd)
     cuda::DeviceMatrix wq, wk, wv, wo;  // as LayerWeights
+    cuda::QkvBias bias;                 // biases of wq, wk, wv (qwen2), null when none
     const float* ffn_norm = nullptr;    // (n_embd)
     cuda::DeviceMatrix ffn_gate, ffn_up, ffn_down;
 };
@@ -88,7 +89,7 @@ class CudaForward : public Backend {
     bool use_graph_ = true;
     bool fuse_ = true;   // decode: Q/K/V in one launch, gate/up with SwiGLU, Wo with the residual add
     bool fuse_norm_ = false;   // decode: the FFN's gate kernel also computes the next RMSNorm
-    bool fuse_rope_ = false;   // decode: the Q/K/V products rotate and store keys and values
+    bool fuse_rope_ = false;   // decode: the Q/K/V products rotate and store keys and values (normal RoPE, no biases)
     bool fuse_ffn_norm_ = false;  // decode: the fused gate/up product normalizes x itself
     bool ffn_if_nodes_ = false;   // decode graph: each FFN after layer 0 is an IF node's body
     cudaGraphExec_t graph_ = nullptr;

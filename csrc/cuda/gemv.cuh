@@ -33,7 +33,8 @@ bool matrix_type_supported(GgmlType type);
 void matvec(const DeviceMatrix& W, const float* x, float* y, const int* skip, const Launch& l);
 
 // How a product's rows are stored when it is Q, K or V of a decode step with RoPE folded
-// in: rows (2i, 2i + 1) of a head are a rotation pair, and a warp holds both.
+// in: rows (2i, 2i + 1) of a head are a rotation pair, and a warp holds both (normal
+// RoPE only, without biases: the backend folds nothing for other models).
 enum class RowStore : int {
     FLOAT = 0,        // y[r] as computed
     ROPE_FLOAT = 1,   // q: rotated pairs into y

@@ -1,5 +1,5 @@
-// LLaMA-family model loading: hyper-parameters from `llama.*` metadata, weight
-// views checked against the shapes the architecture needs.
+// LLaMA-family model loading: hyper-parameters from `<architecture>.*` metadata,
+// weight views checked against the shapes the architecture (model/arch.h) needs.
 #include "model/model.h"
 
 #include <cmath>
@@ -75,12 +75,15 @@ void model_load_weights(Model::Impl& m) {
     const GgufFile& f = *m.file;
     HParams& hp = m.hp;
     hp.architecture = f.get_string("general.architecture");
-    if (hp.architecture != "llama")
-        fail(m, "unsupported architecture '" + hp.architecture +
-                    "' (ffnskip runs llama-family models: general.architecture = llama)");
+    m.arch = find_arch(hp.architecture);
+    if (!m.arch)
+        fail(m, "unsupported architecture '" + hp.architecture + "' (ffnskip runs general.architecture = " +
+                    known_arch_names() + ")");
+    const ArchDesc& arch = *m.arch;
+    hp.rope_neox = arch.rope == RopeMode::NEOX;
     const std::string a = hp.architecture + ".";
     if (f.has(a + "expert_count") && f.get_int(a + "expert_count") > 0)
-        fail(m, "mixture-of-experts llama models are not supported");
+        fail(m, "mixture-of-experts " + hp.architecture + " models are not supported");
 
     hp.n_layer = positive_int(m, a + "block_count", 4096);
     hp.n_embd = positive_int(m, a + "embedding_length", 1 << 20);
@@ -93,7 +96,7 @@ void model_load_weights(Model::Impl& m) {
     if (f.has(a + "attention.key_length")) {
         hp.head_dim = positive_int(m, a + "attention.key_length", 1024);
         if (f.has(a + "attention.value_length") && f.get_int(a + "attention.value_length") != hp.head_dim)
-            fail(m, "attention.value_length differs from key_length, which llama models do not do");
+            fail(m, "attention.value_length differs from key_length, which " + hp.architecture + " models do not do");
     } else {
         if (hp.n_embd % hp.n_head != 0) fail(m, "embedding_length is not a multiple of head_count");
         hp.head_dim = hp.n_embd / hp.n_head;
@@ -135,12 +138,17 @@ void model_load_weights(Model::Impl& m) {
     w.layers.resize(hp.n_layer);
     for (int il = 0; il < hp.n_layer; il++) {
         const std::string p = "blk." + std::to_string(il) + ".";
-        if (f.tensor(p + "ffn_gate_exps.weight")) fail(m, "mixture-of-experts llama models are not supported");
+        if (f.tensor(p + "ffn_gate_exps.weight")) fail(m, "mixture-of-experts " + hp.architecture + " models are not supported");
         LayerWeights& l = w.layers[il];
         l.attn_norm = vector_f32(m, p + "attn_norm.weight", hp.n_embd);
         l.wq = matrix(m, p + "attn_q.weight", hp.n_embd, q_width);
         l.wk = matrix(m, p + "attn_k.weight", hp.n_embd, kv_width);
         l.wv = matrix(m, p + "attn_v.weight", hp.n_embd, kv_width);
+        if (arch.qkv_bias) {
+            l.bq = vector_f32(m, p + "attn_q.bias", q_width);
+            l.bk = vector_f32(m, p + "attn_k.bias", kv_width);
+            l.bv = vector_f32(m, p + "attn_v.bias", kv_width);
+        }
         l.wo = matrix(m, p + "attn_output.weight", q_width, hp.n_embd);
         l.ffn_norm = vector_f32(m, p + "ffn_norm.weight", hp.n_embd);
         l.ffn_gate = matrix(m, p + "ffn_gate.weight", hp.n_embd, hp.n_ff);

@@ -9,6 +9,7 @@
 #include <ffnskip/ffnskip.h>
 
 #include "gguf/gguf.h"
+#include "model/arch.h"
 #include "quant/quant.h"
 #include "tokenizer/vocab.h"
 
@@ -30,6 +31,7 @@ struct LayerWeights {
     WeightMatrix wq;                // (n_embd -> n_head * head_dim)
     WeightMatrix wk;                // (n_embd -> n_head_kv * head_dim)
     WeightMatrix wv;                // (n_embd -> n_head_kv * head_dim)
+    std::vector<float> bq, bk, bv;  // biases of wq, wk, wv (qwen2), empty when the architecture has none
     WeightMatrix wo;                // (n_head * head_dim -> n_embd)
     std::vector<float> ffn_norm;    // (n_embd)
     WeightMatrix ffn_gate;          // (n_embd -> n_ff)
@@ -50,6 +52,7 @@ struct Model::Impl {
     std::string path;
     std::unique_ptr<GgufFile> file;
     HParams hp;
+    const ArchDesc* arch = nullptr;
     std::unique_ptr<Vocab> vocab;
     ModelWeights w;
     uint64_t weight_bytes = 0;

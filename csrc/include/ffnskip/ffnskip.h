@@ -38,7 +38,7 @@ class FileNotFoundError : public Error {
 
 // ---- model --------------------------------------------------------------------
 struct HParams {
-    std::string architecture;   // general.architecture ("llama")
+    std::string architecture;   // general.architecture ("llama", "qwen2")
     int32_t n_vocab = 0;        // tokens in the vocabulary (rows of token_embd)
     int32_t n_ctx_train = 0;    // context length the model was trained with
     int32_t n_embd = 0;         // hidden width
@@ -50,6 +50,7 @@ struct HParams {
     int32_t n_rot = 0;          // dimensions of each head that RoPE rotates
     float rope_freq_base = 10000.0f;
     float rope_freq_scale = 1.0f;  // 1 / linear scaling factor
+    bool rope_neox = false;     // RoPE rotates pairs (i, i + n_rot/2) (qwen2), not (2i, 2i + 1)
     float rms_eps = 1e-5f;
 };
 
