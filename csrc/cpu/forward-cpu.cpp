@@ -220,8 +220,7 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
             } else {
                 std::fill_n(s_.xb2.data(), (size_t)n * D, 0.0f);
             }
-            for (int t = 0; t < n; t++)
-                for (int64_t i = 0; i < D; i++) s_.xb2[t * D + i] += sur->bias[(size_t)i];
+            add_bias(s_.xb2.data(), sur->bias.data(), n, D);
         }
         if (trace_) record_trace(trace_->f, il, n, pos, s_.xb2.data());
 
