@@ -326,7 +326,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             ratios=_ratio_list(args.ratios, "--ratios"), limit=args.limit, threads=args.threads,
                             settings=settings, budgets=_ratio_list(args.budgets, "--budgets"),
                             profile=args.profile, check_zero=args.check_zero, update=args.update, plots=not args.no_plots,
-                            progress=not args.quiet, command=command)
+                            progress=not args.quiet, command=command, surrogates=args.surrogates)
     except ImportError as e:   # a missing optional package: the message names the extra
         print(f"ffnskip: error: {e}", file=sys.stderr)
         return 1
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--summarize-pruning-ratios", metavar="R,...",
                    help="run summarization for prompt-pruning policies (shortgpt, cheapest) only at these ratios: "
                         "they evaluate each long article again per cell")
+    e.add_argument("--surrogates", metavar="FILE",
+                   help="a surrogate file (ffnskip calibrate --surrogate-rank): ffn_skip, cheapest and cheapest_gate also "
+                        "run as '+sur' cells with the left-out FFNs replaced by their surrogates")
     e.add_argument("--check-zero", action="store_true",
                    help="also run each policy at ratio 0 instead of taking the full model's results")
     e.add_argument("--update", action="store_true",
