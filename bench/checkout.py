@@ -9,12 +9,15 @@ sources), otherwise the installed package: an unbuilt python/ (a fresh clone nex
 """
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import pathlib
 import sys
 
 IN_TREE = pathlib.Path(__file__).resolve().parent.parent / "python"
-BUILT_IN_TREE = any((IN_TREE / "ffnskip").glob("_core*"))
+# the native module itself, not its type stub (_core.pyi), which every checkout has
+BUILT_IN_TREE = any((IN_TREE / "ffnskip" / f"_core{suffix}").is_file()
+                    for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _is_in_tree(entry: str) -> bool:
