@@ -40,6 +40,10 @@ import time
 
 import numpy as np
 
+import checkout  # noqa: E402
+
+checkout.use()   # a built checkout, else the installed ffnskip
+
 import ffnskip  # noqa: E402
 from random_model import BLOCKS, N_VOCAB, SHAPES, write_model  # noqa: E402
 

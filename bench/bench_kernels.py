@@ -5,7 +5,7 @@ prompt tokens/s (one batch of --prompt tokens), the median of --runs runs. With
 --llama-cpp, llama-cpp-python runs the same GGUF with the same thread count,
 alternating with ours so that load changes hit both engines alike.
 
-    PYTHONPATH=python python3 bench/bench_kernels.py MODEL.gguf [MODEL2.gguf ...] \
+    python3 bench/bench_kernels.py MODEL.gguf [MODEL2.gguf ...] \
         --threads 1 2 --runs 5 [--llama-cpp]
 
 Prints a markdown table and the load average before and after (the machine is shared:
@@ -19,7 +19,11 @@ import pathlib
 import statistics
 import time
 
-import ffnskip
+import checkout
+
+checkout.use()   # a built checkout, else the installed ffnskip
+
+import ffnskip  # noqa: E402
 
 
 def prompt_ids(n: int, n_vocab: int) -> list[int]:

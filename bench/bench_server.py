@@ -1,7 +1,7 @@
 """Load test of `ffnskip serve` over loopback: requests/s and p50/p95 latency at 1, 2,
 4 and 8 concurrent streaming clients, with FFN skipping off and on.
 
-    PYTHONPATH=python python3 bench/bench_server.py [--model M] [--slots 2] [--requests 8]
+    python3 bench/bench_server.py [--model M] [--slots 2] [--requests 8]
 
 Bounded: each level sends `--requests` requests (at least one per client) and stops
 sending new ones after `--level-seconds`. Every request generates exactly
@@ -21,7 +21,11 @@ from typing import Any, Dict, List
 
 import httpx
 
-from ffnskip.server.process import ServerProcess
+import checkout
+
+checkout.use()   # a built checkout, else the installed ffnskip
+
+from ffnskip.server.process import ServerProcess  # noqa: E402
 
 PROMPTS = [
     "The capital of France is", "Once upon a time, there was a", "def fibonacci(n):",

@@ -3,7 +3,7 @@ FFN blocks left out (the `layers` policy: the same middle layers for every token
 to the share of weight bytes a token no longer reads and the speed-up that share would
 give if decode time were proportional to the bytes read.
 
-    PYTHONPATH=python python3 bench/bench_skip.py [MODEL.gguf] --threads 1 --runs 5
+    python3 bench/bench_skip.py [MODEL.gguf] --threads 1 --runs 5
 
 With --surrogates FILE (from `ffnskip calibrate --surrogate-rank R`) every skipping
 setting also runs with the left-out FFNs replaced by their surrogates, side by side.
@@ -18,8 +18,12 @@ import os
 import pathlib
 import statistics
 
-import ffnskip
-from ffnskip import models
+import checkout
+
+checkout.use()   # a built checkout, else the installed ffnskip
+
+import ffnskip  # noqa: E402
+from ffnskip import models  # noqa: E402
 
 FFN = ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
 

@@ -27,18 +27,16 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-# A built checkout (python/ffnskip/_core*.so) wins over an installed ffnskip.
-IN_TREE = REPO_ROOT / "python"
-USE_IN_TREE = any((IN_TREE / "ffnskip").glob("_core*"))
-if USE_IN_TREE:
-    sys.path.insert(0, str(IN_TREE))
+import checkout  # noqa: E402
+
+checkout.use()   # a built checkout wins over an installed ffnskip
 
 import report    # noqa: E402
 import roofline  # noqa: E402
 
 ENGINES = ("ffnskip", "llama.cpp")
 DEFAULT_FORMATS = ("Q4_1", "Q8_0", "F16")
-SHARED_Q4_K_M = "models/SmolLM2-135M-Instruct.Q4_K_M.gguf"
+Q4_K_M_PARTS = REPO_ROOT / "tests" / "data" / "models" / "SmolLM2-135M-Instruct.Q4_K_M.parts"
 
 # Plain English prose, repeated and cut to the exact prompt length in tokens.
 PROMPT_TEXT = (
@@ -52,12 +50,6 @@ DECODE_PROMPT = "Once upon a time, in a quiet village by the sea,"
 
 
 # ---- model files ------------------------------------------------------------------
-
-def shared_dir() -> pathlib.Path | None:
-    env = os.environ.get("FFNSKIP_SHARED")
-    path = pathlib.Path(env) if env else REPO_ROOT.parent / "shared"
-    return path if path.is_dir() else None
-
 
 def bench_cache_dir() -> pathlib.Path:
     from ffnskip import models
@@ -98,18 +90,26 @@ def variant(src: pathlib.Path, fmt: str, cache: pathlib.Path) -> pathlib.Path:
     return dst
 
 
+def q4_k_m(base: pathlib.Path) -> pathlib.Path:
+    """llama.cpp's Q4_K_M of the default model, rebuilt once as the tests do
+    (tests/q4_k_m_model.py) and cached beside the Q4_1 file."""
+    path = base.parent / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    if not path.is_file():
+        spec = importlib.util.spec_from_file_location("q4_k_m_model", REPO_ROOT / "tests" / "q4_k_m_model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        log(f"Q4_K_M: rebuilding {path.name} from the Q4_1 model and {Q4_K_M_PARTS.name}")
+        module.rebuild(base, Q4_K_M_PARTS, path)
+    return path
+
+
 def default_models(formats: list[str]) -> list[pathlib.Path]:
     from ffnskip import models
     base = models.default_model_path()
     out = []
     for fmt in formats:
         if fmt == "Q4_K_M":
-            shared = shared_dir()
-            path = shared / SHARED_Q4_K_M if shared else None
-            if path is not None and path.is_file():
-                out.append(path)
-            else:
-                log("Q4_K_M: shared model not found (set FFNSKIP_SHARED); skipped")
+            out.append(q4_k_m(base))
         elif fmt == "Q4_1":
             out.append(base)
         else:
@@ -174,9 +174,7 @@ class Worker:
 
 
 def worker_env() -> dict:
-    env = dict(os.environ)
-    if USE_IN_TREE:
-        env["PYTHONPATH"] = str(IN_TREE) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = checkout.env()
     # Both engines get exactly the threads they are asked for.
     for var in ("OMP_NUM_THREADS", "GOMP_CPU_AFFINITY", "OMP_PROC_BIND"):
         env.pop(var, None)
@@ -300,7 +298,7 @@ def parse_args(argv=None):
                    help="GGUF files (default: SmolLM2-135M Q4_1 and --formats variants of it)")
     p.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS) + ["Q4_K_M"],
                    help="variants of the default model: Q4_1 (as shipped), re-encodings made "
-                        "with gguf (Q8_0, F16, F32, Q4_0, ...), Q4_K_M (shared folder). "
+                        "with gguf (Q8_0, F16, F32, Q4_0, ...), Q4_K_M (llama.cpp's, rebuilt from tests/data). "
                         "Default: %(default)s")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--reps", type=int, default=5, help="alternating rounds per configuration")

@@ -1,7 +1,6 @@
-"""Shared fixtures: the shared data folder, the real SmolLM2 models, synthetic GGUFs."""
+"""Shared fixtures: the test data folder, the real SmolLM2 models, synthetic GGUFs."""
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
@@ -15,19 +14,14 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 
-def find_shared_dir() -> pathlib.Path | None:
-    """$FFNSKIP_SHARED, else ../shared beside the checkout; None when absent."""
-    env = os.environ.get("FFNSKIP_SHARED")
-    path = pathlib.Path(env) if env else REPO_ROOT.parent / "shared"
-    return path if path.is_dir() else None
+DATA_DIR = TESTS_DIR / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-    path = find_shared_dir()
-    if path is None:
-        pytest.skip("shared data folder not found (set FFNSKIP_SHARED or place it at ../shared)")
-    return path
+def data_dir() -> pathlib.Path:
+    """tests/data: llama.cpp's reference outputs and vocabulary files, the evaluation
+    samples (origins and licences in its README)."""
+    return DATA_DIR
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +35,15 @@ def smollm2_q4_1() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_q4_k_m(shared_dir) -> pathlib.Path:
-    path = shared_dir / "models" / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path.name} not found in {shared_dir / 'models'}")
+def smollm2_q4_k_m(smollm2_q4_1) -> pathlib.Path:
+    """llama.cpp's Q4_K_M of SmolLM2, rebuilt from the Q4_1 model and the K-quant parts
+    in tests/data/models (q4_k_m_model.py says how) once, then cached beside it."""
+    import q4_k_m_model
+
+    path = smollm2_q4_1.parent / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    if not (path.is_file() and path.stat().st_size == q4_k_m_model.SIZE
+            and q4_k_m_model.sha256(path) == q4_k_m_model.SHA256):
+        q4_k_m_model.rebuild(smollm2_q4_1, DATA_DIR / "models" / "SmolLM2-135M-Instruct.Q4_K_M.parts", path)
     return path
 
 

@@ -17,20 +17,17 @@ PROMPT = 16
 N_CTX = 320
 
 
-def _wikitext(shared_dir, name: str, start: int, n_chars: int) -> str:
-    path = shared_dir / "data" / "wikitext-2" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    text = path.read_text(encoding="utf-8")
+def _wikitext(data_dir, name: str, start: int, n_chars: int) -> str:
+    text = (data_dir / "eval" / "wikitext-2" / name).read_text(encoding="utf-8")
     return text[start:start + n_chars]
 
 
 @pytest.fixture(scope="module")
-def texts(shared_dir):
+def texts(data_dir):
     # calibration, held-out (used by the search), and a third text only the tests see
-    return (_wikitext(shared_dir, "valid.txt", 0, 4000),
-            _wikitext(shared_dir, "test.txt", 0, 4000),
-            _wikitext(shared_dir, "test.txt", 400000, 6000))
+    return (_wikitext(data_dir, "valid.txt", 0, 4000),
+            _wikitext(data_dir, "test.txt", 0, 4000),
+            _wikitext(data_dir, "test.txt", 400000, 6000))
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_generate_prints_prompt_and_continuation(smollm2_q4_1, shared_dir):
-    ref = json.loads((shared_dir / "reference" / "greedy_q4_1.json").read_text())["prompts"]
+def test_generate_prints_prompt_and_continuation(smollm2_q4_1, data_dir):
+    ref = json.loads((data_dir / "reference" / "greedy_q4_1.json").read_text())["prompts"]
     case = next(c for c in ref.values() if c["prompt"] == PROMPT)
     n = 8
     model = ffnskip.Model(str(smollm2_q4_1))

@@ -178,8 +178,8 @@ def _check_greedy(model_path, reference_file, min_agree, logit_tol=LOGIT_TOL_QUA
 
 
 @pytest.mark.slow
-def test_smollm2_q4_1_greedy_matches_llama_cpp(smollm2_q4_1, shared_dir):
-    _check_greedy(smollm2_q4_1, shared_dir / "reference" / "greedy_q4_1.json", min_agree=20)
+def test_smollm2_q4_1_greedy_matches_llama_cpp(smollm2_q4_1, data_dir):
+    _check_greedy(smollm2_q4_1, data_dir / "reference" / "greedy_q4_1.json", min_agree=20)
 
 
 @pytest.fixture(scope="module")
@@ -190,17 +190,17 @@ def smollm2_f32(smollm2_q4_1, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smollm2_f32_greedy_matches_llama_cpp_exactly(smollm2_f32, shared_dir):
+def test_smollm2_f32_greedy_matches_llama_cpp_exactly(smollm2_f32, data_dir):
     """llama.cpp's greedy_f32.json was made on an F32 copy of the Q4_1 weights."""
-    data = json.loads((shared_dir / "reference" / "greedy_f32.json").read_text())
+    data = json.loads((data_dir / "reference" / "greedy_f32.json").read_text())
     total = sum(len(c["generated_ids"]) for c in data["prompts"].values())
-    _check_greedy(smollm2_f32, shared_dir / "reference" / "greedy_f32.json", min_agree=total,
+    _check_greedy(smollm2_f32, data_dir / "reference" / "greedy_f32.json", min_agree=total,
                   logit_tol=LOGIT_TOL_F32, near_tie=0.0, median_tol=LOGIT_TOL_F32)
 
 
 @pytest.mark.slow
-def test_smollm2_q4_k_m_greedy_matches_llama_cpp(smollm2_q4_k_m, shared_dir):
-    _check_greedy(smollm2_q4_k_m, shared_dir / "reference" / "greedy_q4_k_m.json", min_agree=20)
+def test_smollm2_q4_k_m_greedy_matches_llama_cpp(smollm2_q4_k_m, data_dir):
+    _check_greedy(smollm2_q4_k_m, data_dir / "reference" / "greedy_q4_k_m.json", min_agree=20)
 
 
 @pytest.mark.slow

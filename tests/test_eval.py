@@ -1,5 +1,5 @@
 """The evaluation harness: metrics against hand-computed values and rouge-score, the
-data loaders on the shared data and on broken files, the FastChat answer format, the
+data loaders on the evaluation samples in tests/data and on broken files, the FastChat answer format, the
 sweep's cells, and a short end-to-end run on SmolLM2 whose numbers are checked
 against direct Session calls."""
 from __future__ import annotations
@@ -75,11 +75,8 @@ def test_missing_rouge_names_the_extra(monkeypatch):
 
 # ---- data -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data_dir(shared_dir):
-    path = shared_dir / "data"
-    if not path.is_dir():
-        pytest.skip(f"no data folder in {shared_dir}")
-    return path
+def eval_dir(data_dir):
+    return data_dir / "eval"   # laid out as --data-dir expects
 
 
 def test_length_buckets_follow_the_paper():
@@ -87,9 +84,9 @@ def test_length_buckets_follow_the_paper():
         ["small", "small", "medium", "medium", "large", "large"]
 
 
-def test_cnndm_loader_and_buckets(data_dir):
-    articles = data.load_cnndm(data.data_file(data_dir, "cnndm"))
-    with open(data.data_file(data_dir, "cnndm"), encoding="utf-8", newline="") as f:
+def test_cnndm_loader_and_buckets(eval_dir):
+    articles = data.load_cnndm(data.data_file(eval_dir, "cnndm"))
+    with open(data.data_file(eval_dir, "cnndm"), encoding="utf-8", newline="") as f:
         raw = list(csv.DictReader(f))
     assert len(articles) == len(raw) == 100
     for a, r in zip(articles, raw):
@@ -103,8 +100,8 @@ def test_cnndm_loader_and_buckets(data_dir):
     assert [len(g) for g in data.by_bucket(articles, 2).values()] == [2, 2, 2]
 
 
-def test_freshqa_loader_filters(data_dir):
-    path = data.data_file(data_dir, "freshqa")
+def test_freshqa_loader_filters(eval_dir):
+    path = data.data_file(eval_dir, "freshqa")
     qs = data.load_freshqa(path)
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
@@ -119,12 +116,12 @@ def test_freshqa_loader_filters(data_dir):
     assert first["answers"] == ["Laika"]
 
 
-def test_mtbench_and_wikitext_loaders(data_dir):
-    qs = data.load_mtbench(data.data_file(data_dir, "mtbench"))
+def test_mtbench_and_wikitext_loaders(eval_dir):
+    qs = data.load_mtbench(data.data_file(eval_dir, "mtbench"))
     assert len(qs) == 80 and all(len(q["turns"]) == 2 for q in qs)
     picked = mtbench.select(qs, 8)
     assert len({q["category"] for q in picked}) == 8
-    text = data.load_wikitext(data.data_file(data_dir, "wikitext_test"))
+    text = data.load_wikitext(data.data_file(eval_dir, "wikitext_test"))
     assert "@-@" not in text and "@,@" not in text and "<unk>" in text
     assert all(not p.startswith("=") and len(p.split()) >= 40 for p in data.wikitext_paragraphs(text)[:50])
 
@@ -230,7 +227,7 @@ def test_cli_eval_rejects_bad_ratios(tmp_path):
 
 
 # ---- end to end on SmolLM2 --------------------------------------------------------------
-def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
+def test_end_to_end_limited_run(smollm2_q4_1, eval_dir, tmp_path):
     from ffnskip import Session
     from ffnskip.eval import perplexity, qa
 
@@ -238,7 +235,7 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
     settings = Settings(ppl_window=96, agreement_tokens=24, qa_max_tokens=8, summarize_tokens=12,
                         summarize_max_article_tokens=96, mtbench_tokens=12, collapse_tokens=32, n_ctx=512)
     out = tmp_path / "out"
-    res = run_sweep(smollm2_q4_1, data_dir, out, tasks=tasks, policies=["random"], ratios=[0, 0.3],
+    res = run_sweep(smollm2_q4_1, eval_dir, out, tasks=tasks, policies=["random"], ratios=[0, 0.3],
                     limit=1, threads=2, settings=settings, check_zero=True, plots=HAVE_MPL, progress=False)
     keys = [c["key"] for c in res["cells"]]
     assert keys == ["full", "random@0", "random@0.3"]
@@ -246,7 +243,7 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
 
     # perplexity of the full model = Session.score over the same windows
     s = Session(smollm2_q4_1, n_ctx=512, n_threads=2)
-    wins = perplexity.prepare(s, data.load_wikitext(data.data_file(data_dir, "wikitext_test")),
+    wins = perplexity.prepare(s, data.load_wikitext(data.data_file(eval_dir, "wikitext_test")),
                               settings.limited(1))
     nll = sum(s.score(p, c, skip="full")[0] for p, c in wins)
     n = sum(len(c) for _, c in wins)
@@ -262,7 +259,7 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
     assert r["ppl"]["random@0.3"]["skip"]["skip_ratio_after_warmup"] == pytest.approx(0.3, abs=0.05)
 
     # the QA prediction of the full model is the documented prompt's greedy answer
-    q = data.load_freshqa(data.data_file(data_dir, "freshqa"))[0]
+    q = data.load_freshqa(data.data_file(eval_dir, "freshqa"))[0]
     c = s.generate(qa.prompt_for(q["question"]), max_tokens=8, temperature=0)
     first_line = [line for line in c.text.split("\n") if line.strip()][0].strip()
     assert r["qa"]["full"]["predictions"] == [first_line]
@@ -297,7 +294,7 @@ def test_end_to_end_limited_run(smollm2_q4_1, data_dir, tmp_path):
 
     # --update: run one task again on the same cells, keep the others
     before = saved["results"]["ppl"]
-    again = run_sweep(smollm2_q4_1, data_dir, out, tasks=["collapse"], policies=["random"], ratios=[0.1], limit=1,
+    again = run_sweep(smollm2_q4_1, eval_dir, out, tasks=["collapse"], policies=["random"], ratios=[0.1], limit=1,
                       threads=2, settings=Settings(collapse_tokens=20, n_ctx=512), update=True, plots=False,
                       progress=False, command="second")
     assert [c["key"] for c in again["cells"]] == keys

@@ -449,22 +449,11 @@ def test_bad_arguments_raise_value_error():
 
 # ---- real weights ------------------------------------------------------------------------
 
-def shared_dir():
-    import os
-    from pathlib import Path
-    env = os.environ.get("FFNSKIP_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared"
-
-
-def test_real_tensors_decode_and_dot():
+@pytest.mark.slow
+def test_real_tensors_decode_and_dot(smollm2_q4_k_m):
     """Tensors of llama.cpp's Q4_K_M SmolLM2 (Q5_0, Q4_K, Q6_K, Q8_0, F32): exact decode
     against gguf, and dot products against float64."""
-    path = shared_dir() / "models" / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
-    if not path.exists():
-        pytest.skip(f"real model not found: {path}")
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(smollm2_q4_k_m))
     rng = np.random.default_rng(11)
     seen = {}
     for t in reader.tensors:

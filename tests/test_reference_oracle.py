@@ -25,11 +25,8 @@ def oracle(smollm2_q4_1):
     return ReferenceModel(smollm2_q4_1)
 
 
-def _load(shared_dir, name):
-    path = shared_dir / "reference" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
+def _load(data_dir, name):
+    return json.loads((data_dir / "reference" / name).read_text())
 
 
 def _teacher_forced(model, p):
@@ -58,8 +55,8 @@ def test_hparams(oracle):
 
 
 @pytest.mark.parametrize("kv_f16", [False, True])
-def test_logits_match_llama_cpp_f32(oracle, shared_dir, kv_f16):
-    ref = _load(shared_dir, "greedy_f32.json")
+def test_logits_match_llama_cpp_f32(oracle, data_dir, kv_f16):
+    ref = _load(data_dir, "greedy_f32.json")
     oracle.kv_f16 = kv_f16
     try:
         all_diffs = []
@@ -79,17 +76,17 @@ def test_logits_match_llama_cpp_f32(oracle, shared_dir, kv_f16):
         oracle.kv_f16 = False
 
 
-def test_far_from_quantized_activations(oracle, shared_dir):
+def test_far_from_quantized_activations(oracle, data_dir):
     """The tolerance separates: llama.cpp's Q4_1 run (8-bit activations) is well outside it."""
-    ref = _load(shared_dir, "greedy_q4_1.json")
+    ref = _load(data_dir, "greedy_q4_1.json")
     p = ref["prompts"]["b"]
     diffs = _top5_diffs(_teacher_forced(oracle, p), p)
     assert diffs.mean() > 3 * MEAN_DIFF, float(diffs.mean())
 
 
-def test_greedy_matches_llama_cpp(oracle, shared_dir):
+def test_greedy_matches_llama_cpp(oracle, data_dir):
     """The oracle's own greedy loop (batch prompt, then one token at a time) gives llama.cpp's text."""
-    ref = _load(shared_dir, "greedy_f32.json")
+    ref = _load(data_dir, "greedy_f32.json")
     # b and e hold the nearest ties (top-2 gaps 0.0037 at step 12, 0.008 at step 21)
     for key in ("b", "e"):
         p = ref["prompts"][key]

@@ -90,8 +90,8 @@ def test_generate_equals_stream_and_reuses_the_prompt(model, paris):
 
 
 @pytest.mark.slow
-def test_greedy_matches_llama_cpp(session, shared_dir):
-    ref = json.loads((shared_dir / "reference" / "greedy_q4_1.json").read_text())
+def test_greedy_matches_llama_cpp(session, data_dir):
+    ref = json.loads((data_dir / "reference" / "greedy_q4_1.json").read_text())
     n = 8
     for key, case in ref["prompts"].items():
         pieces = list(session.stream(case["prompt"], max_tokens=n, **GREEDY))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import functools
 import json
-import os
 import pathlib
 import time
 
@@ -14,29 +13,14 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from ffnskip import _core  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+VOCAB_DIR = DATA_DIR / "vocab"
 SEPARATOR = "\n__ggml_vocab_test__\n"
-
-
-def shared_dir() -> pathlib.Path | None:
-    env = os.environ.get("FFNSKIP_SHARED")
-    path = pathlib.Path(env) if env else REPO_ROOT.parent / "shared"
-    return path if path.is_dir() else None
-
-
-def need_shared() -> pathlib.Path:
-    path = shared_dir()
-    if path is None:
-        pytest.skip("shared data folder not found (set FFNSKIP_SHARED or place it at ../shared)")
-    return path
 
 
 def vocab_cases():
     """(vocab file, index, text, expected ids) for every llama.cpp test pair."""
-    root = shared_dir()
-    vocab_dir = root / "models" / "vocab" if root else None
-    if vocab_dir is None or not vocab_dir.is_dir():
-        return [pytest.param(None, 0, "", [], marks=pytest.mark.skip(reason="shared vocab files not found"))]
+    vocab_dir = VOCAB_DIR
     cases = []
     for path in sorted(vocab_dir.glob("ggml-vocab-*.gguf")):
         inp = pathlib.Path(str(path) + ".inp").read_text(encoding="utf-8")
@@ -132,30 +116,28 @@ def test_vocab_round_trip(path, index, text, ids):
 
 
 def test_vocab_files_all_present():
-    root = need_shared()
-    names = {p.name for p in (root / "models" / "vocab").glob("ggml-vocab-*.gguf")}
+    names = {p.name for p in VOCAB_DIR.glob("ggml-vocab-*.gguf")}
     assert {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-llama-bpe.gguf"} <= names
 
 
 # ---- SmolLM2 (gpt2 BPE, pre-tokenizer smollm) -----------------------------------------
 
-def smollm2_vocab_path() -> pathlib.Path:
-    path = need_shared() / "models" / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
-    if not path.is_file():
-        pytest.skip("SmolLM2 Q4_K_M model not in the shared folder")
-    return path
+@pytest.fixture(scope="module")
+def smollm2_vocab_path(smollm2_q4_k_m) -> pathlib.Path:
+    return smollm2_q4_k_m
 
 
 def check_reference_ids(tok):
-    ref = json.loads((need_shared() / "reference" / "tokenize_q4_1.json").read_text(encoding="utf-8"))
+    ref = json.loads((DATA_DIR / "reference" / "tokenize_q4_1.json").read_text(encoding="utf-8"))
     assert ref["items"]
     for item in ref["items"]:
         assert tok.tokenize(item["text"]) == item["ids"], item["text"]
         assert tok.detokenize(item["ids"]) == item["text"]
 
 
-def test_smollm2_reference_ids():
-    tok = tokenizer(smollm2_vocab_path())
+@pytest.mark.slow
+def test_smollm2_reference_ids(smollm2_vocab_path):
+    tok = tokenizer(smollm2_vocab_path)
     assert (tok.model, tok.pre) == ("gpt2", "smollm")
     assert tok.add_bos is False   # add_bos_token = false: no BOS
     check_reference_ids(tok)
@@ -168,14 +150,14 @@ def test_smollm2_q4_1_reference_ids():
         path = models.default_model_path()
     except Exception as e:  # noqa: BLE001 - any failure to fetch means: not available here
         pytest.skip(f"SmolLM2 Q4_1 model not available: {e}")
-    need_shared()
     check_reference_ids(_core.Tokenizer(str(path)))
 
 
-def test_smollm2_long_text_ids_and_speed():
-    tok = tokenizer(smollm2_vocab_path())
-    ref = json.loads((need_shared() / "reference" / "ppl_text_tokens.json").read_text(encoding="utf-8"))
-    text = (need_shared() / "reference" / "ppl_text.txt").read_text(encoding="utf-8")
+@pytest.mark.slow
+def test_smollm2_long_text_ids_and_speed(smollm2_vocab_path):
+    tok = tokenizer(smollm2_vocab_path)
+    ref = json.loads((DATA_DIR / "reference" / "ppl_text_tokens.json").read_text(encoding="utf-8"))
+    text = (DATA_DIR / "reference" / "ppl_text.txt").read_text(encoding="utf-8")
     start = time.perf_counter()
     ids = tok.tokenize(text)
     elapsed = time.perf_counter() - start
@@ -185,8 +167,9 @@ def test_smollm2_long_text_ids_and_speed():
     assert tok.detokenize(ids) == text
 
 
-def test_smollm2_special_tokens():
-    path = smollm2_vocab_path()
+@pytest.mark.slow
+def test_smollm2_special_tokens(smollm2_vocab_path):
+    path = smollm2_vocab_path
     tok = tokenizer(path)
     im_start, im_end = token_id(path, "<|im_start|>"), token_id(path, "<|im_end|>")
     text = "<|im_start|>user\nHi<|im_end|>"
@@ -209,8 +192,9 @@ def test_smollm2_special_tokens():
     assert tok.n_vocab == 49152
 
 
-def test_token_to_piece_bytes():
-    tok = tokenizer(smollm2_vocab_path())
+@pytest.mark.slow
+def test_token_to_piece_bytes(smollm2_vocab_path):
+    tok = tokenizer(smollm2_vocab_path)
     ids = tok.tokenize("naïve — ok")
     pieces = b"".join(tok.token_to_piece(i) for i in ids)
     assert pieces == "naïve — ok".encode("utf-8")
@@ -221,10 +205,7 @@ def test_token_to_piece_bytes():
 # ---- SentencePiece (llama) ------------------------------------------------------------------
 
 def spm_path() -> pathlib.Path:
-    path = need_shared() / "models" / "vocab" / "ggml-vocab-llama-spm.gguf"
-    if not path.is_file():
-        pytest.skip("llama-spm vocabulary not in the shared folder")
-    return path
+    return VOCAB_DIR / "ggml-vocab-llama-spm.gguf"
 
 
 def test_spm_bos_and_space_prefix():
@@ -369,4 +350,4 @@ def test_missing_merges_is_an_error(tmp_path):
 
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
-        _core.Tokenizer(str(REPO_ROOT / "no-such-vocab.gguf"))
+        _core.Tokenizer(str(DATA_DIR / "no-such-vocab.gguf"))

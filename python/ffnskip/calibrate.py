@@ -24,17 +24,16 @@ labelled as such.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pathlib
-import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .jsonfile import write_json_atomic
+from .profiles import (AUTO_BUDGET, auto_profile_config, auto_profile_path,  # noqa: F401 - public here too
+                       beside_model_path, cached_profile_path, save_profile)
 from .progress import Progress
 
 PROFILE_FORMAT = "ffnskip-calibration"
@@ -50,7 +49,6 @@ COLD_CUTOFF = 0.9
 COLD_MARGIN = 0.05
 
 SAMPLE_TEXT = "data/calibration_sample.txt"
-AUTO_BUDGET = 0.02
 
 
 # ---- progress --------------------------------------------------------------------
@@ -497,61 +495,8 @@ def calibrate(
     }
 
 
-# ---- profile files -----------------------------------------------------------------
-def save_profile(profile: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write a profile as JSON (atomically: a temporary file beside it, then a rename)."""
-    write_json_atomic(profile, path, allow_nan=False)
-
-
+# ---- the built-in text sample ----------------------------------------------------
 def sample_text() -> str:
     """The built-in calibration sample (about 5.6 KB of plain English prose written for
     this package and placed in the public domain)."""
     return (pathlib.Path(__file__).resolve().parent / SAMPLE_TEXT).read_text(encoding="utf-8")
-
-
-def beside_model_path(model_path: str | os.PathLike[str]) -> pathlib.Path:
-    """`<model>.ffnskip.json`: a profile stored next to the model file."""
-    return pathlib.Path(os.fspath(model_path) + ".ffnskip.json")
-
-
-def cached_profile_path(model_path: str | os.PathLike[str]) -> pathlib.Path:
-    """The cache file of the automatic profile, keyed by the model's name, size and mtime."""
-    from .models import cache_dir
-
-    st = os.stat(model_path)
-    name = pathlib.Path(model_path).name
-    key = hashlib.sha1(f"{os.path.abspath(model_path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "profiles" / f"{name}.{st.st_size}.{st.st_mtime_ns}.{key}.json"
-
-
-def auto_profile_path(model_path: str | os.PathLike[str], progress: bool = True,
-                      runner: Callable[..., dict[str, Any]] | None = None) -> pathlib.Path:
-    """The profile skip="auto" uses: `<model>.ffnskip.json` when present, else the cached
-    one, else a quick calibration (2% perplexity budget on the built-in sample) that is
-    then cached."""
-    model_path = os.fspath(model_path)
-    beside = beside_model_path(model_path)
-    if beside.is_file():
-        return beside
-    cached = cached_profile_path(model_path)
-    if cached.is_file():
-        return cached
-    if progress:
-        print(f"ffnskip: no calibration profile for {model_path}; calibrating (2% perplexity budget, "
-              f"built-in text sample), cached at {cached}", file=sys.stderr, flush=True)
-    run = runner or calibrate
-    profile = run(model_path, sample_text(), max_ppl_increase=AUTO_BUDGET, tokens=128, held_out_tokens=256,
-                  generate_tokens=256, max_evals=6, progress=progress)
-    profile["auto"] = {"text": "built-in sample", "budget": AUTO_BUDGET}
-    save_profile(profile, cached)
-    return cached
-
-
-def auto_profile_config(model: Any) -> dict[str, Any]:
-    """SkipConfig fields for skip="auto" (model: a GGUF path or a loaded Model)."""
-    from .skip import load_profile_config
-
-    path = getattr(model, "path", model)
-    if path is None:
-        raise ValueError('skip="auto" needs the model: pass model= (a GGUF path or a Model)')
-    return load_profile_config(str(auto_profile_path(path)))

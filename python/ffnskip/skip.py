@@ -1,11 +1,11 @@
 """Skip settings: which FFN blocks a decode step leaves out (see SkipConfig)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Union
 
 from . import _core
+from .profiles import auto_profile_config, load_profile_config
 
 SkipSpec = Union[None, str, "os.PathLike[str]", Mapping[str, Any], _core.SkipConfig]
 
@@ -41,8 +41,6 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
         elif text == "auto":
             if model is None:
                 raise ValueError('skip="auto" needs the model (a GGUF path or a Model) to find or make its profile')
-            from .calibrate import auto_profile_config
-
             fields = auto_profile_config(model)
         else:
             fields = {"policy": text}
@@ -59,20 +57,6 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
         elif name == "surrogates":
             value = os.fspath(value)
         setattr(config, name, value)
-    return config
-
-
-def load_profile_config(path: str) -> dict[str, Any]:
-    """The skip settings stored in a calibration profile (`ffnskip calibrate`)."""
-    with open(path, encoding="utf-8") as f:
-        profile = json.load(f)
-    config = profile.get("config") if isinstance(profile, dict) else None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a calibration profile (no 'config' object)")
-    surrogates = config.get("surrogates")
-    if surrogates:
-        # A sidecar named in the profile is found beside the profile.
-        config = dict(config, surrogates=os.path.join(os.path.dirname(os.path.abspath(path)), surrogates))
     return config
 
 
