@@ -285,8 +285,9 @@ def _assemble(entry: RegisteredModel, root: pathlib.Path, dest: pathlib.Path,
     _log(progress, f"downloading {entry.name} ({entry.size / 1e6:.1f} MB) from {entry.source} to {dest}")
     bar = _Progress(entry.size, entry.name, progress)
     tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=entry.file + ".download.", dir=root))
-    fd, tmp = tempfile.mkstemp(prefix=entry.file + ".", suffix=".part", dir=root)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=entry.file + ".", suffix=".part", dir=root)
         hasher = hashlib.sha256()
         total = 0
         with os.fdopen(fd, "wb") as out:
@@ -316,8 +317,9 @@ def _assemble(entry: RegisteredModel, root: pathlib.Path, dest: pathlib.Path,
         os.replace(tmp, dest)
     except BaseException:
         bar.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
