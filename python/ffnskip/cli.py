@@ -380,7 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # `generate MODEL --chat PROMPT`: argparse ends a nargs="+" positional at the first
+    # option, so PROMPT comes back unparsed
+    if rest and args.command == "generate" and not any(r.startswith("-") for r in rest):
+        args.args += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ._core import FfnskipError
 
     try:
