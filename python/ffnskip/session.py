@@ -59,9 +59,9 @@ def _set_field(params: Any, key: str, value: Any) -> None:
 class Session:
     """A model plus a KV cache and a sampler.
 
-    ``model`` is a GGUF path or a loaded :class:`ffnskip.Model` (share one Model
-    between sessions to load the weights once). A session is not thread-safe: use
-    one per thread.
+    ``model`` is a GGUF path, a registry name (``ffnskip models``) or a loaded
+    :class:`ffnskip.Model` (share one Model between sessions to load the weights
+    once). A session is not thread-safe: use one per thread.
     """
 
     def __init__(
@@ -75,7 +75,11 @@ class Session:
         skip: SkipSpec = None,
         backend: str = "cpu",
     ) -> None:
-        self.model = model if isinstance(model, _core.Model) else _core.Model(os.fspath(model))
+        if not isinstance(model, _core.Model):
+            from .models import resolve_model  # a path, or a registry name fetched once
+
+            model = _core.Model(resolve_model(os.fspath(model)))
+        self.model = model
         params = _core.SessionParams()
         params.n_ctx = n_ctx
         params.n_threads = n_threads
