@@ -48,12 +48,9 @@ def smollm2_q4_k_m(smollm2_q4_1) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def qwen_reference_dir(shared_dir) -> pathlib.Path:
+def qwen_reference_dir(data_dir) -> pathlib.Path:
     """llama.cpp's outputs on the Qwen2.5-Coder models: greedy ids, top-2 gaps, tokenizations."""
-    path = shared_dir / "reference" / "qwen"
-    if not path.is_dir():
-        pytest.skip(f"llama.cpp reference outputs for qwen2 not found in {path}")
-    return path
+    return data_dir / "reference" / "qwen"
 
 
 def _registered_model(name: str) -> pathlib.Path:
