@@ -225,7 +225,8 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
                      n_ctx: int = 256, rope_base: float = 10000.0, n_rot: int | None = None,
                      rope_scale: float | None = None, tied_output: bool = True,
                      weight_type="F32", tensor_types: dict | None = None, seed: int = 0,
-                     tokenizer: str = "gpt2", eps: float = 1e-5, name: str = "synthetic-llama"):
+                     tokenizer: str = "gpt2", eps: float = 1e-5, name: str = "synthetic-llama",
+                     chat_template: str | None = None):
     """Write a random-weight LLaMA GGUF and return its path.
 
     n_vocab: vocabulary size (None: the base vocabulary, 384 tokens for gpt2, about
@@ -293,6 +294,8 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
     w.add_add_eos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def gauss(rows, cols, std):
         return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
