@@ -41,7 +41,7 @@ def tokens(value: Any, name: str, n_vocab: int) -> list[int]:
         except TypeError:
             raise TypeError(f"{name}[{i}] must be an int token id, not {type(t).__name__}") from None
         if not 0 <= t < n_vocab:
-            raise ValueError(f"{name}[{i}] = {t} is not a token id (the vocabulary has {n_vocab})")
+            raise ValueError(f"{name}[{i}]: token id {t} is out of range [0, {n_vocab})")
         out.append(t)
     return out
 
