@@ -216,6 +216,28 @@ def test_hostile_chat_template_does_not_hang_the_server(synthetic_model):
         assert s.alive()
 
 
+def test_slow_body_is_408(model_path):
+    with ServerProcess(model_path, ["--ctx", "64", "--body-timeout", "1"]) as s:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        try:
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+            t0 = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            elapsed = time.monotonic() - t0
+        finally:
+            c.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"request_timeout" in answer
+        assert 0.5 < elapsed < 5
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+
+
 def _rlimit_256() -> None:
     import resource
 

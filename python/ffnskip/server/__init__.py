@@ -41,7 +41,8 @@ def __getattr__(name: str) -> Any:
 def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 1, max_queue: int = 16,
           n_ctx: int = 0, n_threads: int = 0, skip: Any = None, model_name: str | None = None,
           log_level: str = "info", api_key: str | None = None, max_body: int | None = None,
-          head_timeout: float | None = None, max_waiting: int | None = None) -> None:
+          head_timeout: float | None = None, max_waiting: int | None = None,
+          body_timeout: float | None = None) -> None:
     """Load the model, build `slots` sessions and serve until interrupted.
 
     `api_key` (default: $FFNSKIP_API_KEY) requires `Authorization: Bearer <key>` on every
@@ -55,7 +56,7 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, slots: 
     import uvicorn
 
     from .engine import Engine
-    from .guard import DEFAULT_HEAD_SECONDS, DEFAULT_MAX_BODY, is_loopback, protocol_class
+    from .guard import DEFAULT_BODY_SECONDS, DEFAULT_HEAD_SECONDS, DEFAULT_MAX_BODY, is_loopback, protocol_class
 
     if api_key is None:
         api_key = os.environ.get("FFNSKIP_API_KEY") or None
@@ -70,7 +71,8 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, slots: 
     from .app import create_app as make
 
     app = make(engine, api_key=api_key, loopback_only=loopback,
-               max_body=max_body if max_body is not None else DEFAULT_MAX_BODY)
+               max_body=max_body if max_body is not None else DEFAULT_MAX_BODY,
+               body_seconds=body_timeout if body_timeout is not None else DEFAULT_BODY_SECONDS)
     print(f"ffnskip: serving '{engine.model_id}' on http://{host}:{port}/v1 with {slots} slot(s) x "
           f"{engine.n_threads} thread(s), n_ctx {engine.n_ctx}, queue {max_queue}, skip policy "
           f"{engine.skip_fields['policy']}{', API key required' if api_key else ''}", flush=True)
