@@ -248,7 +248,8 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None, loopback_only: 
             raise APIError(400, f"This model's maximum context length is {engine.n_ctx} tokens; you requested "
                                 f"{len(tokens) + kwargs['max_tokens']} ({len(tokens)} in the {param}, "
                                 f"{kwargs['max_tokens']} for the completion)",
-                           param="max_completion_tokens" if chat and body_max(body) else "max_tokens",
+                           param="max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None
+                           else "max_tokens",
                            code="context_length_exceeded")
 
         try:
@@ -409,10 +410,6 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None, loopback_only: 
         return JSONResponse({**head, "object": obj, "choices": [choice], "usage": _usage(result, policy)})
 
     return app
-
-
-def body_max(body: Any) -> bool:
-    return getattr(body, "max_completion_tokens", None) is not None
 
 
 def _engine_error(exc: BaseException) -> APIError:
