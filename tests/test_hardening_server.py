@@ -174,7 +174,7 @@ def test_big_body_is_413_and_health_stays_fast(server, model_id):
         except httpx.TransportError:
             pass   # the server may close before the client has written 20 MB: also a refusal
         time.sleep(0.3)
-    assert probe.latencies and probe.worst < 0.5, f"/health worst {probe.worst:.3f} s"
+    assert probe.latencies and probe.worst < 1.0, f"/health worst {probe.worst:.3f} s"
 
     # chunked (no Content-Length): refused once the limit is crossed
     def chunks():
@@ -199,7 +199,7 @@ def test_large_prompt_is_tokenized_off_the_event_loop(server, model_id):
         _error(_post(server, "/v1/completions", body), 400, "maximum context length", "context_length_exceeded")
         _error(_post(server, "/v1/chat/completions", chat), 400, code="context_length_exceeded")
         time.sleep(0.2)
-    assert len(probe.latencies) >= 3 and probe.worst < 0.5, f"/health worst {probe.worst:.3f} s"
+    assert len(probe.latencies) >= 3 and probe.worst < 1.0, f"/health worst {probe.worst:.3f} s"
 
 
 def test_hostile_chat_template_does_not_hang_the_server(synthetic_model):
@@ -212,7 +212,7 @@ def test_hostile_chat_template_does_not_hang_the_server(synthetic_model):
             elapsed = time.monotonic() - t0
         _error(r, 400, "longer than")
         assert elapsed < 10
-        assert probe.latencies and probe.worst < 0.5, f"/health worst {probe.worst:.3f} s"
+        assert probe.latencies and probe.worst < 1.0, f"/health worst {probe.worst:.3f} s"
         assert s.alive()
 
 
