@@ -6,6 +6,7 @@ names the problem, never in a crash, a hang or a silent misreading.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def test_one_session_from_two_threads_raises_busy_not_a_crash(smollm2_q4_1, tmp_
     RuntimeError('Session is busy in another thread ...'); the process lives."""
     script = tmp_path / "race.py"
     script.write_text(_RACE)
-    env = {"PYTHONPATH": str(pathlib.Path(ffnskip.__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}
+    # the environment is kept (a sanitizer run preloads its runtime through it)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(ffnskip.__file__).resolve().parent.parent))
     out = subprocess.run([sys.executable, str(script), str(smollm2_q4_1)], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stderr[-3000:]}"

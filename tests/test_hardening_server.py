@@ -353,18 +353,25 @@ def _metrics_with_key(s, key) -> dict:
     return out
 
 
+def _env() -> dict:
+    import os
+    import pathlib
+
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(ffnskip.__file__).resolve().parent.parent))
+    env.pop("FFNSKIP_API_KEY", None)
+    return env
+
+
 def test_warning_when_exposed_without_a_key(tmp_path):
     """The warning comes before the model loads: a missing model file makes the command
     stop right after it, without listening anywhere."""
     out = subprocess.run([sys.executable, "-m", "ffnskip", "serve", str(tmp_path / "none.gguf"), "--host", "0.0.0.0"],
                          capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(__import__("pathlib").Path(ffnskip.__file__).parent.parent),
-                              "PATH": "/usr/bin:/bin"})
+                         env=_env())
     assert "WARNING" in out.stderr and "without an API key" in out.stderr, out.stderr
     out = subprocess.run([sys.executable, "-m", "ffnskip", "serve", str(tmp_path / "none.gguf"), "--host", "0.0.0.0",
                           "--api-key", "k"], capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(__import__("pathlib").Path(ffnskip.__file__).parent.parent),
-                              "PATH": "/usr/bin:/bin"})
+                         env=_env())
     assert "WARNING" not in out.stderr
 
 
