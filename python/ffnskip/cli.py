@@ -135,7 +135,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--skip: not valid JSON: {e}") from e
     serve(_model_path(args.model_pos or args.model, must_exist=True), host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
-          model_name=args.model_name, log_level=args.log_level)
+          model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
+          max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -319,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                      "(default: $FFNSKIP_API_KEY)")
+    sv.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
+    sv.add_argument("--head-timeout", type=float, default=10.0,
+                    help="seconds a connection may take to send its request head")
+    sv.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive")
     sv.set_defaults(func=_cmd_serve)
 
     c = sub.add_parser("calibrate", help="measure FFN saturation on text and write a skip profile (JSON)")

@@ -53,7 +53,14 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
             continue
         if name == "layers":
             value = [int(v) for v in value]
-        setattr(config, name, value)
+            config.layers = value
+            continue
+        if name == "policy":
+            config.policy = value
+            continue
+        from .checks import set_field
+
+        set_field(config, name, value, "skip setting")
     return config
 
 
