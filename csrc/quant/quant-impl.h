@@ -185,5 +185,8 @@ void quant_ref_kernels(QuantKernels* k);
 // Overwrites the entries that have AVX2 versions; call only when the CPU and OS support
 // AVX2, FMA and F16C. Returns false (and changes nothing) when the build has no AVX2 code.
 bool quant_avx2_kernels(QuantKernels* k);
+// Overwrites the entries that have AVX-512 versions (on top of the AVX2 table); call only
+// when the CPU and OS support AVX512 F/BW/VL/DQ and VNNI. False when the build has none.
+bool quant_avx512_kernels(QuantKernels* k);
 
 }  // namespace ffnskip
