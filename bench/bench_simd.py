@@ -41,10 +41,10 @@ def run_config(path: pathlib.Path, threads: int, levels: list[str], args) -> dic
     prompt_ids = first.request(op="tokenize", text=bs.PROMPT_TEXT * (4 * args.prompt_tokens // 60 + 4))["ids"]
     prompt_ids = prompt_ids[:args.prompt_tokens]
     decode_ids = first.request(op="tokenize", text=bs.DECODE_PROMPT)["ids"]
-    samples = {lv: {"prompt": [], "decode": []} for lv in levels}
+    samples = {lv: {"prompt": [], "decode": [], "prompt_cpu": [], "decode_cpu": []} for lv in levels}
     tokens = {}
 
-    def measure(lv: str, op: str) -> float:
+    def measure(lv: str, op: str) -> tuple[float, float]:
         w = workers[lv]
         r = (w.request(op="prompt", ids=prompt_ids) if op == "prompt" else
              w.request(op="decode", ids=decode_ids, n=args.decode_tokens))
@@ -52,7 +52,9 @@ def run_config(path: pathlib.Path, threads: int, levels: list[str], args) -> dic
             raise RuntimeError(f"{lv} {op}: {r['error']}")
         if op == "decode":
             tokens[lv] = r["tokens"]
-        return r["n"] / r["seconds"]
+        # tokens per wall second, and per CPU second of the worker (less sensitive to other
+        # processes taking the cores; on one thread the two agree on a quiet machine)
+        return r["n"] / r["seconds"], r["n"] / r["cpu_seconds"]
 
     for lv in levels:
         for op in ("prompt", "decode"):
@@ -60,12 +62,14 @@ def run_config(path: pathlib.Path, threads: int, levels: list[str], args) -> dic
     for _ in range(args.reps):
         for op in ("decode", "prompt"):
             for lv in levels:
-                samples[lv][op].append(measure(lv, op))
+                wall, cpu = measure(lv, op)
+                samples[lv][op].append(wall)
+                samples[lv][op + "_cpu"].append(cpu)
     for w in workers.values():
         w.close()
     res = {"format": bs.format_name(path), "threads": threads, "levels": {}}
     for lv in levels:
-        res["levels"][lv] = {op: bs.median(samples[lv][op]) for op in ("decode", "prompt")}
+        res["levels"][lv] = {op: bs.median(samples[lv][op]) for op in samples[lv]}
     ref = tokens[levels[0]]
     res["greedy_agree"] = {lv: next((i for i, (a, b) in enumerate(zip(ref, t)) if a != b), min(len(ref), len(t)))
                            for lv, t in tokens.items()}
@@ -89,6 +93,19 @@ def markdown(results: list[dict], levels: list[str], args) -> str:
     lines.append("")
     lines.append(f"tok/s, medians of {args.reps} alternating rounds; prompt {args.prompt_tokens} tokens, "
                  f"decode {args.decode_tokens} tokens.")
+    lines.append("")
+    lines.append("Per CPU second of the worker (tokens / CPU seconds; on a busy machine closer to what "
+                 "the kernels do than wall time):")
+    lines.append("")
+    head = "| format | threads | " + " | ".join(f"{lv}/{base} decode | {lv}/{base} prompt" for lv in levels[1:]) + " |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        v = r["levels"]
+        cells = [r["format"], str(r["threads"])]
+        for lv in levels[1:]:
+            cells += [f"{v[lv]['decode_cpu'] / v[base]['decode_cpu']:.2f}",
+                      f"{v[lv]['prompt_cpu'] / v[base]['prompt_cpu']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -147,11 +147,12 @@ struct TileQ4_1 {
     template <int R, int C>
     static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
         constexpr int P = (C + 1) / 2;
-        static_assert(C <= 16, "one lane of acc_m per token");
-        __m512 acc[R][P], acc_m[R];
+        static_assert(C <= 8, "one lane of acc_m per token");
+        __m512 acc[R][P];
+        __m256 acc_m[R];
         for (int r = 0; r < R; r++) {
             for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
-            acc_m[r] = _mm512_setzero_ps();
+            acc_m[r] = _mm256_setzero_ps();
         }
         for (int64_t i = 0; i < nb; i++) {
             __m512i q[R];
@@ -161,13 +162,15 @@ struct TileQ4_1 {
                 q[r] = both_halves(unpack_nibbles_32(x->qs));
                 dw[r] = bcast_h2f(&x->d);
             }
-            // every token's s, lane c (0 past C)
-            alignas(32) uint16_t s16[16] = {};
-            for (int c = 0; c < C; c++) s16[c] = (reinterpret_cast<const block_q8_1*>(a + c * as) + i)->s;
-            const __m512 sa = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(s16)));
+            // every token's s, lane c (0 past C), put together in registers: going through
+            // a small array on the stack stalls the vector load on the narrow stores
+            uint16_t sv[8];
+            for (int c = 0; c < 8; c++) sv[c] = c < C ? (reinterpret_cast<const block_q8_1*>(a + c * as) + i)->s : 0;
+            const __m256 sa = _mm256_cvtph_ps(_mm_setr_epi16(int16_t(sv[0]), int16_t(sv[1]), int16_t(sv[2]), int16_t(sv[3]),
+                                                             int16_t(sv[4]), int16_t(sv[5]), int16_t(sv[6]), int16_t(sv[7])));
             for (int r = 0; r < R; r++) {
                 const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-                acc_m[r] = _mm512_add_ps(acc_m[r], _mm512_mul_ps(bcast_h2f(&x->m), sa));
+                acc_m[r] = _mm256_add_ps(acc_m[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(int16_t(x->m))), sa));
             }
             for (int p = 0; p < P; p++) {
                 const block_q8_1* b0 = reinterpret_cast<const block_q8_1*>(a + (2 * p) * as) + i;
@@ -181,8 +184,8 @@ struct TileQ4_1 {
             }
         }
         for (int r = 0; r < R; r++) {
-            alignas(64) float m[16];
-            _mm512_store_ps(m, acc_m[r]);
+            alignas(32) float m[8];
+            _mm256_store_ps(m, acc_m[r]);
             for (int p = 0; p < P; p++) {
                 y[(2 * p) * ys + r] = hsum_low(acc[r][p]) + m[2 * p];
                 if (2 * p + 1 < C) y[(2 * p + 1) * ys + r] = hsum_high(acc[r][p]) + m[2 * p + 1];
