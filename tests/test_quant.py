@@ -470,7 +470,7 @@ def test_avx512_products_have_the_avx2_bits(tname):
     act = VEC_DOT_TYPE[tname]
     bs, _ = BLOCK[tname]
     for n in ([256, 1536] if bs == QK_K else [32, 96, 1536]):
-        for n_rows, n_tok in [(1, 2), (3, 8), (4, 16), (7, 9), (13, 5), (2, 3), (5, 17)]:
+        for n_rows, n_tok in [(1, 1), (2, 1), (11, 1), (1, 2), (3, 8), (4, 16), (7, 9), (13, 5), (2, 3), (5, 17)]:
             w = np.concatenate([random_blocks(rng, tname, n // bs) for _ in range(n_rows)])
             x = (rng.standard_normal((n_tok, n)) * rng.uniform(0.1, 5, (n_tok, 1))).astype(np.float32)
             with simd_path("avx512"):
