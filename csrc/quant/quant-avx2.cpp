@@ -14,12 +14,13 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
-#include <vector>
-
 #include "quant/gemm-tiles.h"
 #include "quant/simd-avx2.h"
 
 namespace ffnskip {
+// Kernel types local to this file: the AVX2 and AVX-512 files define tiles of the same
+// names, and shared (weak) template instances would let the linker keep one for both.
+namespace {
 
 static inline int hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -689,14 +690,15 @@ static void gemm_f16_any(int64_t n, const void* w, size_t ws, int nr, const void
     }
     // The activations widened once per call (a few percent of the products' work for
     // the row counts matmul passes); the buffer only grows.
-    thread_local std::vector<float> wide;
-    if (wide.size() < size_t(n) * nt) wide.resize(size_t(n) * nt);
+    float* wide = scratch_floats(size_t(n) * nt);
     for (int t = 0; t < nt; t++) {
         const uint16_t* src = reinterpret_cast<const uint16_t*>(ab + t * as);
-        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(wide.data() + size_t(t) * n + i, load_f16x8(src + i));
+        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(wide + size_t(t) * n + i, load_f16x8(src + i));
     }
-    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide.data(), size_t(n) * sizeof(float), nt, y, ys);
+    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide, size_t(n) * sizeof(float), nt, y, ys);
 }
+
+}  // namespace
 
 bool quant_avx2_kernels(QuantKernels* k) {
     k->vec_dot[int(GgmlType::F32)] = dot_f32;

@@ -19,8 +19,6 @@
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
-#include <vector>
-
 // GCC 12's AVX-512 headers build some vectors from a deliberately undefined value
 // (_mm512_undefined_*), which -Wuninitialized reports in every caller.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -32,6 +30,9 @@
 #include "quant/simd-avx2.h"
 
 namespace ffnskip {
+// Kernel types local to this file: the AVX2 and AVX-512 files define tiles of the same
+// names, and shared (weak) template instances would let the linker keep one for both.
+namespace {
 
 static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
@@ -416,16 +417,17 @@ static void gemm_f16(int64_t n, const void* w, size_t ws, int nr, const void* a,
                      size_t ys) {
     if (n % 8 != 0 || nt == 1) return g_avx2_gemm[int(GgmlType::F16)](n, w, ws, nr, a, as, nt, y, ys);
     // The activations widened once per call (exact); the buffer only grows.
-    thread_local std::vector<float> wide;
-    if (wide.size() < size_t(n) * nt) wide.resize(size_t(n) * nt);
+    float* wide = scratch_floats(size_t(n) * nt);
     const uint8_t* ab = static_cast<const uint8_t*>(a);
     for (int t = 0; t < nt; t++) {
         const uint16_t* src = reinterpret_cast<const uint16_t*>(ab + t * as);
         for (int64_t i = 0; i < n; i += 8)
-            _mm256_storeu_ps(wide.data() + size_t(t) * n + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+            _mm256_storeu_ps(wide + size_t(t) * n + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
     }
-    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide.data(), size_t(n) * sizeof(float), nt, y, ys);
+    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide, size_t(n) * sizeof(float), nt, y, ys);
 }
+
+}  // namespace
 
 bool quant_avx512_kernels(QuantKernels* k) {
     // Each kernel here reproduces the AVX2 one of its type: install only over those.

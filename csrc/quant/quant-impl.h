@@ -177,6 +177,11 @@ struct QuantKernels {
     QuantizeFn quantize[TYPE_TABLE_SIZE];
 };
 
+// A buffer of at least n floats for the calling thread, valid until its next call (it only
+// grows). Lives in a file built without SIMD flags: std::vector code instantiated inside a
+// *-avx2/-avx512 file could be the copy the linker keeps for every caller.
+float* scratch_floats(size_t n);
+
 // The scalar quantize_row (quantize_row dispatches to SIMD converters where there are some).
 void quantize_row_reference(GgmlType type, const float* src, void* dst, int64_t n);
 

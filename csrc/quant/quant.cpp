@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "quant/quant-impl.h"
 
@@ -102,6 +103,12 @@ float fp16_to_fp32(uint16_t h) { return half_to_float(h); }
 uint16_t fp32_to_fp16(float f) { return float_to_half(f); }
 float bf16_to_fp32(uint16_t h) { return bf16_bits_to_float(h); }
 uint16_t fp32_to_bf16(float f) { return float_to_bf16(f); }
+
+float* scratch_floats(size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+}
 
 // ---- run-time dispatch ----------------------------------------------------------------
 
