@@ -1,11 +1,12 @@
 // AVX-512 (F/BW/VL/DQ + VNNI) tiled matrix products. Compiled with the AVX-512 flags
 // (see cmake/compile-flags.cmake); only installed by quant.cpp after a CPUID/XGETBV
-// check, on top of the AVX2 table: single dot products keep the AVX2 kernels, and so do
-// most matrix-vector products of one token (decoding streams the weights from memory).
+// check, on top of the AVX2 table: Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and F16 matrix products;
+// single dot products, the other formats and most matrix-vector products of one token
+// (decoding streams the weights from memory) keep the AVX2 kernels.
 //
 // A 512-bit register holds two AVX2 computations side by side: its low half is the 8
 // lanes of one (row, token) output exactly as the AVX2 kernel computes them, its high
-// half the next token's. The integer part reaches the same int32 lane sums by other
+// half the next token's (tiles) or the next row's (one token). The integer part reaches the same int32 lane sums by other
 // instructions (exact, so order is free): vpdpbusd on unsigned weight bytes
 // u = q + offset (Q5_0: 16, Q8_0: 128, Q4_1: 0) from an accumulator that starts at
 // -offset * sum(activation quants), one per activation block shared by every row of a
