@@ -41,9 +41,6 @@ static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_
 static inline __m512i load_pair256(const void* lo, const void* hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load256(lo)), load256(hi), 1);
 }
-static inline __m512 load_pair_ps(const float* lo, const float* hi) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi), 1);
-}
 static inline __m512i both_halves(__m256i v) { return _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1); }
 // Lanes 0-7 lo, lanes 8-15 hi.
 static inline __m512 pair_ps(float lo, float hi) {
@@ -67,7 +64,7 @@ static inline __m256i unpack_nibbles_32(const uint8_t* qs) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
 }
 
-// A tile of R rows x C tokens works on P = (C + 1) / 2 token pairs: pair p holds tokens
+// A tile of R rows x C tokens (F16 below pairs rows instead) works on P = (C + 1) / 2 token pairs: pair p holds tokens
 // 2p (low half) and 2p + 1 (high half); an odd last token is paired with itself and its
 // high half dropped.
 template <int C>
@@ -328,30 +325,39 @@ struct TileQ6_K {
 };
 
 // ---- F16 (quant-avx2.cpp's tile_f16_f32: one accumulator per output, 8 elements a step) --
+//
+// Here the halves are two weight rows and each token's 8 activations are broadcast to
+// both (a load-broadcast needs no shuffle unit, which the FMAs share): row pair q holds rows
+// 2q and 2q + 1, an odd last row paired with itself and its high half dropped.
 
 template <int R, int C>
 static void tile_f16_f32(int64_t n8, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-    constexpr int P = (C + 1) / 2;
-    __m512 acc[R][P];
-    for (int r = 0; r < R; r++)
-        for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
+    constexpr int Q = (R + 1) / 2;
+    __m512 acc[Q][C];
+    for (int q = 0; q < Q; q++)
+        for (int c = 0; c < C; c++) acc[q][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n8; i++) {
-        __m512 wv[R];
-        for (int r = 0; r < R; r++) {
-            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(w + r * ws) + 8 * i));
-            wv[r] = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(h));
+        __m512 wv[Q];
+        for (int q = 0; q < Q; q++) {
+            const uint16_t* w0 = reinterpret_cast<const uint16_t*>(w + (2 * q) * ws) + 8 * i;
+            const uint16_t* w1 = reinterpret_cast<const uint16_t*>(w + pair_second<R>(q) * ws) + 8 * i;
+            wv[q] = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0))),
+                                                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w1)), 1));
         }
-        for (int p = 0; p < P; p++) {
-            const __m512 av = load_pair_ps(reinterpret_cast<const float*>(a + (2 * p) * as) + 8 * i,
-                                           reinterpret_cast<const float*>(a + pair_second<C>(p) * as) + 8 * i);
-            for (int r = 0; r < R; r++) acc[r][p] = _mm512_fmadd_ps(wv[r], av, acc[r][p]);
+        for (int c = 0; c < C; c++) {
+            const __m512 av = _mm512_broadcast_f32x8(_mm256_loadu_ps(reinterpret_cast<const float*>(a + c * as) + 8 * i));
+            for (int q = 0; q < Q; q++) acc[q][c] = _mm512_fmadd_ps(wv[q], av, acc[q][c]);
         }
     }
-    store_pairs<R, C>(acc, y, ys);
+    for (int q = 0; q < Q; q++)
+        for (int c = 0; c < C; c++) {
+            y[c * ys + 2 * q] = hsum_low(acc[q][c]);
+            if (2 * q + 1 < R) y[c * ys + 2 * q + 1] = hsum_high(acc[q][c]);
+        }
 }
 
 struct TileF16 {
-    static constexpr int ROWS = 4, COLS = 8;   // 16 accumulators + 4 weights + 1 activation pair
+    static constexpr int ROWS = 4, COLS = 8;   // 16 accumulators + 2 weight pairs + 1 activation (6 x 8: no faster)
     template <int R, int C>
     static void run(int64_t n8, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
         tile_f16_f32<R, C>(n8, w, ws, a, as, y, ys);
