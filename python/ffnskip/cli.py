@@ -133,7 +133,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             skip = json.loads(skip)
         except json.JSONDecodeError as e:
             raise ValueError(f"--skip: not valid JSON: {e}") from e
-    serve(_model_path(args.model_pos or args.model, must_exist=True), host=args.host, port=args.port, slots=args.slots,
+    serve(args.model_pos or args.model, host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
           model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
           max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout)

@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 1, max_queue: int = 16,
+def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, slots: int = 1, max_queue: int = 16,
           n_ctx: int = 0, n_threads: int = 0, skip: Any = None, model_name: str | None = None,
           log_level: str = "info", api_key: str | None = None, max_body: int | None = None,
           head_timeout: float | None = None, max_waiting: int | None = None,
@@ -65,6 +65,9 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, slots: 
         print(f"ffnskip: WARNING: listening on {host}, a non-loopback address, without an API key: anyone who "
               "can reach this port can use the model. Set --api-key (or FFNSKIP_API_KEY), or put an "
               "authenticating proxy in front.", file=sys.stderr, flush=True)
+    from ..models import resolve_model   # after the warning: a wrong MODEL stops the command here
+
+    model_path = resolve_model(model_path)
     max_waiting = max_waiting if max_waiting is not None else _default_max_waiting()
     engine = Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
                     skip=skip, model_name=model_name)
