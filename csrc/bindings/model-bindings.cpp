@@ -2,6 +2,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+
 #include <ffnskip/ffnskip.h>
 
 #include "bindings/bindings.h"
@@ -21,6 +23,29 @@ py::array_t<float> to_numpy(const float* data, size_t rows, size_t cols) {
     std::copy(data, data + (rows ? rows : 1) * cols, out.mutable_data());
     return out;
 }
+
+// The native calls release the GIL, so two Python threads could run inside one
+// Session at once and corrupt it. A Session from Python takes this flag for each
+// call; a second thread gets an exception instead of a data race.
+struct GuardedSession : Session {
+    using Session::Session;
+    std::atomic<bool> busy{false};
+};
+
+class Busy {
+  public:
+    explicit Busy(GuardedSession& s) : flag_(s.busy) {
+        if (flag_.exchange(true, std::memory_order_acquire))
+            throw Error("Session is busy in another thread: a Session runs one call at a time "
+                        "(use one Session per thread)");
+    }
+    ~Busy() { flag_.store(false, std::memory_order_release); }
+    Busy(const Busy&) = delete;
+    Busy& operator=(const Busy&) = delete;
+
+  private:
+    std::atomic<bool>& flag_;
+};
 
 }  // namespace
 
@@ -172,30 +197,41 @@ void bind_model(py::module_& m) {
         .def_property_readonly("finish_reason", [](const GenerateResult& r) { return finish_reason_name(r.finish_reason); })
         .def_readonly("stats", &GenerateResult::stats);
 
-    py::class_<Session>(m, "Session")
+    using GS = GuardedSession;
+    py::class_<GS>(m, "Session")
         .def(py::init([](std::shared_ptr<Model> model, const SessionParams& params) {
                  py::gil_scoped_release release;
-                 return std::make_unique<Session>(model, params);
+                 return std::make_unique<GS>(model, params);
              }),
              py::arg("model"), py::arg("params") = SessionParams{})
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("backend", &Session::backend)
-        .def_property_readonly("n_past", &Session::n_past)
-        .def("begin", &Session::begin, py::arg("prompt"), py::arg("params"), py::call_guard<py::gil_scoped_release>())
-        .def("begin_tokens", &Session::begin_tokens, py::arg("tokens"), py::arg("params"), py::call_guard<py::gil_scoped_release>())
-        .def("step", [](Session& self) {
+        .def_property_readonly("n_ctx", [](const GS& self) { return self.n_ctx(); })
+        .def_property_readonly("backend", [](const GS& self) { return self.backend(); })
+        .def_property_readonly("n_past", [](GS& self) { Busy busy(self); return self.n_past(); })
+        .def("begin", [](GS& self, const std::string& prompt, const GenerateParams& params) {
+            Busy busy(self);
+            py::gil_scoped_release release;
+            self.begin(prompt, params);
+        }, py::arg("prompt"), py::arg("params"))
+        .def("begin_tokens", [](GS& self, const std::vector<int32_t>& tokens, const GenerateParams& params) {
+            Busy busy(self);
+            py::gil_scoped_release release;
+            self.begin_tokens(tokens, params);
+        }, py::arg("tokens"), py::arg("params"))
+        .def("step", [](GS& self) {
             std::string piece;
             bool more;
             {
+                Busy busy(self);
                 py::gil_scoped_release release;
                 more = self.step(piece);
             }
             return py::make_tuple(more, py::bytes(piece));
         }, "Evaluate one token; returns (more, text bytes).")
-        .def_property_readonly("finished", &Session::finished)
-        .def("cancel", &Session::cancel)
-        .def("result", &Session::result, py::return_value_policy::copy)
-        .def("eval", [](Session& self, const std::vector<int32_t>& tokens, bool all_logits) {
+        .def_property_readonly("finished", [](GS& self) { Busy busy(self); return self.finished(); })
+        .def("cancel", [](GS& self) { Busy busy(self); self.cancel(); })
+        .def("result", [](GS& self) { Busy busy(self); return self.result(); })
+        .def("eval", [](GS& self, const std::vector<int32_t>& tokens, bool all_logits) {
+            Busy busy(self);
             std::vector<float> all;
             const float* last;
             {
@@ -206,14 +242,17 @@ void bind_model(py::module_& m) {
             return all_logits ? to_numpy(all.data(), tokens.size(), n_vocab) : to_numpy(last, 0, n_vocab);
         }, py::arg("tokens"), py::arg("all_logits") = false,
            "Append tokens to the KV cache; return the last token's logits (or every token's).")
-        .def_property_readonly("last_logits", [](const Session& self) {
+        .def_property_readonly("last_logits", [](GS& self) {
+            Busy busy(self);
             const auto& l = self.last_logits();
             return to_numpy(l.data(), 0, l.size());
         })
-        .def("reset", &Session::reset)
-        .def_property("skip_config", &Session::skip_config, &Session::set_skip_config)
-        .def("score_continuation", [](Session& self, const std::vector<int32_t>& prompt,
+        .def("reset", [](GS& self) { Busy busy(self); self.reset(); })
+        .def_property("skip_config", [](GS& self) { Busy busy(self); return self.skip_config(); },
+                      [](GS& self, const SkipConfig& skip) { Busy busy(self); self.set_skip_config(skip); })
+        .def("score_continuation", [](GS& self, const std::vector<int32_t>& prompt,
                                       const std::vector<int32_t>& continuation, const SkipConfig& skip) {
+            Busy busy(self);
             SkipStats stats;
             double nll;
             {

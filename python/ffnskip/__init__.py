@@ -7,9 +7,22 @@
 """
 from __future__ import annotations
 
-from ._core import FfnskipError, FormatError, Model, SkipConfig, available_backends, build_info
+import os
+
+from . import _core
+from ._core import FfnskipError, FormatError, SkipConfig, available_backends, build_info
 from .session import Completion, Session
 from .skip import skip_config
+
+
+class Model(_core.Model):
+    """A GGUF model loaded into memory; ``path`` is a file or a registry name (``ffnskip models``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from .models import resolve_model  # a registry name is fetched once into the cache
+
+        super().__init__(resolve_model(os.fspath(path)))
+
 
 __all__ = [
     "Completion",

