@@ -262,7 +262,8 @@ void bind_model(py::module_& m) {
             return py::make_tuple(nll, stats);
         }, py::arg("prompt"), py::arg("continuation"), py::arg("skip"),
            "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).")
-        .def("trace_ffn", [](Session& self, const std::vector<int32_t>& tokens, const SkipConfig& skip) {
+        .def("trace_ffn", [](GS& self, const std::vector<int32_t>& tokens, const SkipConfig& skip) {
+            Busy busy(self);
             Session::FfnTrace trace;
             {
                 py::gil_scoped_release release;

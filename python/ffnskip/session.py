@@ -176,8 +176,13 @@ class Session:
         ffn_norm(h)) and what the block added (``f``), each (n_layer, n_tokens, n_embd).
         ``skip`` applies its position-independent part (a ``layers`` set, surrogates),
         so surrogates can be fitted one layer after another. CPU backend."""
-        self._generation += 1
-        return self._native.trace_ffn(list(tokens), skip_config(skip, model=self.model))
+        ids = checks.tokens(tokens, "tokens", self.model.n_vocab)
+        config = skip_config(skip, model=self.model)
+        generation = self._claim()
+        try:
+            return self._native.trace_ffn(ids, config)
+        finally:
+            self._release(generation)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
