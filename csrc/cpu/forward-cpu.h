@@ -13,14 +13,19 @@ namespace ffnskip {
 
 // Keys and values of every layer for every position, stored as fp16 (as llama.cpp's
 // default cache type) to halve the memory that attention reads.
+// With several sequence slots (batched decoding) each slot has its own n_ctx rows per
+// layer; `slot` selects the one that k_at / v_at address.
 struct KvCache {
     int32_t n_ctx = 0;
     int32_t n_layer = 0;
     int32_t kv_width = 0;          // n_head_kv * head_dim
-    std::vector<uint16_t> k;       // (n_layer, n_ctx, kv_width)
-    std::vector<uint16_t> v;       // (n_layer, n_ctx, kv_width)
-    uint16_t* k_at(int layer, int pos) { return k.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
-    uint16_t* v_at(int layer, int pos) { return v.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
+    int32_t n_slots = 1;
+    int32_t slot = 0;
+    std::vector<uint16_t> k;       // (n_layer, n_slots, n_ctx, kv_width)
+    std::vector<uint16_t> v;       // (n_layer, n_slots, n_ctx, kv_width)
+    size_t row(int layer, int pos) const { return (((size_t)layer * n_slots + slot) * n_ctx + pos) * kv_width; }
+    uint16_t* k_at(int layer, int pos) { return k.data() + row(layer, pos); }
+    uint16_t* v_at(int layer, int pos) { return v.data() + row(layer, pos); }
 };
 
 // Activation buffers for up to n_batch tokens, allocated once.
@@ -57,6 +62,15 @@ class CpuForward : public Backend {
     // only the policy's position-independent removals apply.
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                          SkipSchedule* skip, bool decode_step) override;
+
+    // Batched decoding over the cache's sequence slots (BackendParams::n_slots):
+    // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
+    // chunk, full model); forward_rows decodes n tokens of n different slots together,
+    // row t at position pos[t] of slot slots[t], and returns the n rows' logits
+    // (n, n_vocab). A row's arithmetic equals a single-sequence decode step's.
+    const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits);
+    const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n);
+    int32_t n_slots() const { return kv_.n_slots; }
 
     int32_t n_ctx() const { return kv_.n_ctx; }
     int32_t n_batch() const override { return s_.n_batch; }
