@@ -162,6 +162,7 @@ def _greedy_single(model, prompt, n):
     return out, logits
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_batch_equals_single(smollm2_q4_1):
     """Four prompts of different lengths decoded together on the real model: the same
     greedy tokens and the same final logits, bit for bit, as each decoded alone."""

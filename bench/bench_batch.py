@@ -1,0 +1,98 @@
+"""Aggregate decode speed of batched decoding (BatchSession) against one Session.
+
+    python bench/bench_batch.py [--model F.gguf] [--threads 2] [--batch 1 2 4 8]
+                                [--tokens 64] [--reps 3]
+
+For each batch size B, B different prompts join a BatchSession, then --tokens decode
+steps run with all B sequences in every step (greedy tokens); aggregate tokens/s =
+B * tokens / time of the steps. The baseline is one Session decoding the first prompt
+token by token (eval of one token: the decode-step path). Each measurement runs
+--reps times after one warm-up; medians are printed as a markdown table. Prompt
+processing is not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import checkout  # noqa: E402
+
+checkout.use()   # a built checkout wins over an installed ffnskip
+
+import numpy as np  # noqa: E402
+
+import ffnskip  # noqa: E402
+from ffnskip.batch import BatchSession  # noqa: E402
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "The three laws of thermodynamics are",
+    "Write a haiku about autumn leaves.",
+    "import numpy as np\nx = np.",
+    "The best way to learn a new language is",
+    "Photosynthesis converts sunlight into",
+]
+
+
+def single_rate(model, prompt, n_tokens, threads, n_ctx):
+    s = ffnskip.Session(model, n_ctx=n_ctx, n_threads=threads)
+    logits = s.eval(prompt)
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        logits = s.eval([int(np.argmax(logits))])
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def batch_rate(model, prompts, n_tokens, threads, n_ctx):
+    b = BatchSession(model, n_seq=len(prompts), n_ctx=n_ctx, n_threads=threads)
+    ids = [b.add_sequence(p) for p in prompts]
+    last = [int(np.argmax(b.last_logits(s))) for s in ids]
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        logits = b.step(list(zip(ids, last)))
+        last = [int(i) for i in logits.argmax(axis=1)]
+    return len(prompts) * n_tokens / (time.perf_counter() - t0)
+
+
+def median_of(fn, reps):
+    fn()   # warm-up
+    return statistics.median(fn() for _ in range(reps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=pathlib.Path, help="GGUF file (default: SmolLM2-135M Q4_1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=64, help="decode steps per measurement")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if max(args.batch) > len(PROMPTS):
+        ap.error(f"--batch sizes go up to {len(PROMPTS)} (one prompt each)")
+    from ffnskip import models
+
+    path = args.model or models.default_model_path()
+    model = ffnskip.Model(str(path))
+    prompts = [model.tokenize(p) for p in PROMPTS]
+    n_ctx = max(len(p) for p in prompts) + args.tokens + 8
+
+    base = median_of(lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx), args.reps)
+    print(f"model: {pathlib.Path(path).name}, threads: {args.threads}, {args.tokens} decode steps, "
+          f"median of {args.reps} runs\n")
+    print("| sequences | aggregate tok/s | per sequence tok/s | vs one Session |")
+    print("|---:|---:|---:|---:|")
+    print(f"| Session (1) | {base:.1f} | {base:.1f} | 1.00x |")
+    for B in args.batch:
+        rate = median_of(lambda: batch_rate(model, prompts[:B], args.tokens, args.threads, n_ctx), args.reps)
+        print(f"| {B} | {rate:.1f} | {rate / B:.1f} | {rate / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
