@@ -23,7 +23,8 @@ struct KvCache {
     int32_t slot = 0;
     std::vector<uint16_t> k;       // (n_layer, n_slots, n_ctx, kv_width)
     std::vector<uint16_t> v;       // (n_layer, n_slots, n_ctx, kv_width)
-    size_t row(int layer, int pos) const { return (((size_t)layer * n_slots + slot) * n_ctx + pos) * kv_width; }
+    size_t slot_row(int layer, int s, int pos) const { return (((size_t)layer * n_slots + s) * n_ctx + pos) * kv_width; }
+    size_t row(int layer, int pos) const { return slot_row(layer, slot, pos); }
     uint16_t* k_at(int layer, int pos) { return k.data() + row(layer, pos); }
     uint16_t* v_at(int layer, int pos) { return v.data() + row(layer, pos); }
 };
@@ -47,6 +48,10 @@ struct RunState {
     std::vector<float> hb2;        // (n_batch, n_ff) up
     std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
     ActRows act;                   // activations converted to a weight's vec_dot type
+    // Batched decoding (forward_rows), grown on first use: per thread, one row's queries
+    // rounded to fp16 (n_head, head_dim) and attention weights (n_head, ctx_pad).
+    std::vector<float> rows_q;
+    std::vector<float> rows_scores;
 };
 
 class CpuForward : public Backend {
@@ -80,6 +85,7 @@ class CpuForward : public Backend {
     static constexpr int ATTN_TOKENS = 16;   // tokens whose queries share one pass over the keys
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
     void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
+    void attention_rows(ThreadPool& pool, int layer, const int32_t* slots, const int32_t* pos, int32_t n);
 
     const Model::Impl& m_;
     KvCache kv_;
