@@ -6,6 +6,7 @@
 #include "cpu/forward-cpu.h"
 #include "cpu/thread-pool.h"
 #include "model/model.h"
+#include "skip/skip-policy.h"
 
 namespace ffnskip {
 
@@ -14,6 +15,8 @@ struct Sequence {
     int32_t id = -1;                 // -1: the slot is free
     int32_t n_past = 0;              // tokens in the slot's cache
     std::vector<float> last_logits;  // (n_vocab)
+    std::unique_ptr<SkipSchedule> skip;
+    int32_t n_steps = 0;             // decode steps taken: the generated-token index g
 };
 }  // namespace
 
@@ -26,6 +29,7 @@ struct BatchSession::Impl {
     int32_t next_id = 0;
     std::vector<float> step_logits;  // (rows of the last step, n_vocab)
     std::vector<int32_t> tokens, slot_of_row, pos_of_row;
+    std::vector<SkipSchedule*> skip_of_row;
 
     Impl(std::shared_ptr<const Model> mdl, const BatchParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
 
@@ -96,9 +100,10 @@ const std::vector<float>& BatchSession::last_logits(int32_t seq) const { return 
 
 int32_t BatchSession::add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
-    if (skip.policy != SkipPolicy::full)
-        throw std::invalid_argument(std::string("BatchSession supports only the 'full' skip policy for now, not '") +
-                                    skip_policy_name(skip.policy) + "'");
+    if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
+        throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
+                                    "' skip policy (it leaves whole layers out); use an FFN policy");
+    auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)
         throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the context of " +
@@ -112,13 +117,15 @@ int32_t BatchSession::add_sequence(const std::vector<int32_t>& prompt, const Ski
     const float* logits = nullptr;
     for (size_t done = 0; done < prompt.size();) {
         const int32_t chunk = (int32_t)std::min<size_t>(prompt.size() - done, (size_t)b.params.n_batch);
-        logits = b.forward->forward_slot(slot, prompt.data() + done, chunk, (int32_t)done, false);
+        logits = b.forward->forward_slot(slot, prompt.data() + done, chunk, (int32_t)done, false, sched.get());
         done += chunk;
     }
     Sequence& s = *free_slot;
     s.id = b.next_id++;
     s.n_past = (int32_t)prompt.size();
     s.last_logits.assign(logits, logits + n_vocab);
+    s.skip = std::move(sched);
+    s.n_steps = 0;
     return s.id;
 }
 
@@ -127,7 +134,10 @@ void BatchSession::remove_sequence(int32_t seq) {
     s.id = -1;
     s.n_past = 0;
     s.last_logits.clear();
+    s.skip.reset();
 }
+
+const SkipStats& BatchSession::skip_stats(int32_t seq) const { return impl_->find(seq).skip->stats(); }
 
 const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t, int32_t>>& pairs) {
     Impl& b = *impl_;
@@ -137,6 +147,7 @@ const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t
     b.tokens.clear();
     b.slot_of_row.clear();
     b.pos_of_row.clear();
+    b.skip_of_row.clear();
     for (const auto& [seq, token] : pairs) {
         Sequence& s = b.find(seq);
         b.check_token(token);
@@ -149,13 +160,18 @@ const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t
         b.tokens.push_back(token);
         b.slot_of_row.push_back(slot);
         b.pos_of_row.push_back(s.n_past);
+        b.skip_of_row.push_back(s.skip.get());
     }
     const int32_t n = (int32_t)pairs.size();
-    const float* logits = b.forward->forward_rows(b.tokens.data(), b.slot_of_row.data(), b.pos_of_row.data(), n);
+    for (int32_t i = 0; i < n; i++) b.skip_of_row[i]->begin_step(b.slots[b.slot_of_row[i]].n_steps);
+    const float* logits = b.forward->forward_rows(b.tokens.data(), b.slot_of_row.data(), b.pos_of_row.data(), n,
+                                                  b.skip_of_row.data());
+    for (int32_t i = 0; i < n; i++) b.skip_of_row[i]->end_step();
     b.step_logits.assign(logits, logits + (size_t)n * n_vocab);
     for (int32_t i = 0; i < n; i++) {
         Sequence& s = b.slots[b.slot_of_row[i]];
         s.n_past++;
+        s.n_steps++;
         std::copy(logits + (size_t)i * n_vocab, logits + (size_t)(i + 1) * n_vocab, s.last_logits.begin());
     }
     return b.step_logits;

@@ -134,8 +134,8 @@ def test_bad_input(synthetic_model):
         b.add_sequence(list(range(17)))
     with pytest.raises(ValueError, match="empty"):
         b.add_sequence([])
-    with pytest.raises(ValueError, match="only the 'full' skip policy"):
-        b._native.add_sequence([1], ffnskip.skip_config("ffn_skip"))
+    with pytest.raises(ValueError, match="does not support the 'skipdecode' skip policy"):
+        b.add_sequence([1], skip="skipdecode")
     assert b.n_past(a) == 3 and b.n_active == 1   # failed calls changed nothing
     b.add_sequence([4])
     with pytest.raises(ValueError, match="all 2 sequence slots are taken"):
@@ -183,3 +183,83 @@ def test_smollm2_greedy_batch_equals_single(smollm2_q4_1):
     for i in range(4):
         assert tokens[i] == want[i][0], texts[i]
         np.testing.assert_array_equal(last[i], want[i][1])
+
+
+def _session_generate(model, prompt, skip, n, n_ctx):
+    """Greedy generation of n tokens by a lone Session under `skip`: the tokens, the
+    logits each was picked from, and the skip masks of its decode steps."""
+    params = ffnskip._core.SessionParams()
+    params.n_ctx, params.n_threads = n_ctx, 2
+    s = ffnskip._core.Session(model, params)
+    gen = ffnskip._core.GenerateParams()
+    gen.max_tokens, gen.ignore_eos, gen.use_session_skip = n, True, False
+    gen.sampling.temperature = 0.0
+    gen.skip = skip
+    s.begin_tokens(prompt, gen)
+    logits = []
+    while True:
+        more, _ = s.step()
+        if len(s.result().tokens) > len(logits):
+            logits.append(s.last_logits)
+        if not more:
+            break
+    r = s.result()
+    return list(r.tokens), logits, np.asarray(r.stats.skip.masks)
+
+
+def _batch_generate(b, prompts, skips, n):
+    ids = [b.add_sequence(p, skip=k) for p, k in zip(prompts, skips)]
+    logits = [[b.last_logits(s)] for s in ids]
+    tokens = [[int(np.argmax(l[0]))] for l in logits]
+    for _ in range(n - 1):
+        got = b.step([(s, tokens[i][-1]) for i, s in enumerate(ids)])
+        for i in range(len(ids)):
+            logits[i].append(got[i])
+            tokens[i].append(int(np.argmax(got[i])))
+    masks = [np.asarray(b.skip_stats(s).masks) for s in ids]
+    return tokens, logits, masks
+
+
+def _check_against_sessions(model, b, prompts, skips, n, n_ctx):
+    tokens, logits, masks = _batch_generate(b, prompts, skips, n)
+    for i, (p, k) in enumerate(zip(prompts, skips)):
+        want_tokens, want_logits, want_masks = _session_generate(model, p, k, n, n_ctx)
+        assert tokens[i] == want_tokens, f"sequence {i} ({k.policy})"
+        np.testing.assert_array_equal(masks[i], want_masks, err_msg=f"sequence {i}")
+        for j in range(n):
+            np.testing.assert_array_equal(logits[i][j], want_logits[j], err_msg=f"sequence {i}, token {j}")
+    return masks
+
+
+def test_per_sequence_skipping(synthetic_model):
+    """Each sequence under its own policy (different random masks, a layer list that
+    also prunes the prompt, none): the same masks, logits and tokens as alone."""
+    path = synthetic_model(weight_type="Q4_1", **{**SHAPE, "n_layer": 4})
+    model = ffnskip.Model(str(path))
+    n, n_ctx = 10, 64
+    common = dict(cold_start=0, cold_end=0, warmup=0, refresh_every=0, record_masks=True)
+    skips = [ffnskip.skip_config("random", target_ratio=0.5, seed=1, **common),
+             ffnskip.skip_config("random", target_ratio=0.5, seed=2, **common),
+             ffnskip.skip_config("layers", layers=[1, 2], **common),
+             ffnskip.skip_config(None, record_masks=True)]
+    b = BatchSession(model, n_seq=4, n_ctx=n_ctx, n_threads=2)
+    masks = _check_against_sessions(model, b, PROMPTS, skips, n, n_ctx)
+    assert masks[0].shape == (n - 1, 4) and 0 < masks[0].sum() < masks[0].size
+    assert not np.array_equal(masks[0], masks[1])   # the rows wanted different FFNs
+    assert masks[2][:, [1, 2]].all() and not masks[3].any()
+
+
+@pytest.mark.slow
+def test_smollm2_per_sequence_ffn_skip(smollm2_q4_1):
+    """FFN-SkipLLM's gate on each sequence's own residual, batched with other policies."""
+    model = ffnskip.Model(str(smollm2_q4_1))
+    texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there lived", "1, 2, 3, 4,"]
+    prompts = [model.tokenize(t) for t in texts]
+    n, n_ctx = 24, 128
+    skips = [ffnskip.skip_config("ffn_skip", warmup=2, record_masks=True),
+             ffnskip.skip_config("ffn_skip", warmup=2, threshold=0.9, record_masks=True),
+             ffnskip.skip_config("static", seed=3, warmup=2, record_masks=True),
+             ffnskip.skip_config(None, record_masks=True)]
+    b = BatchSession(model, n_seq=4, n_ctx=n_ctx, n_threads=2)
+    masks = _check_against_sessions(model, b, prompts, skips, n, n_ctx)
+    assert masks[0].any() and masks[1].any() and not masks[3].any()

@@ -32,11 +32,12 @@ void bind_batch(py::module_& m) {
         .def_property_readonly("n_active", &BatchSession::n_active)
         .def("add_sequence", &BatchSession::add_sequence, py::arg("prompt"), py::arg("skip") = SkipConfig{},
              py::call_guard<py::gil_scoped_release>(),
-             "Evaluate a prompt in a free slot; returns the new sequence's id.")
+             "Evaluate a prompt in a free slot under the sequence's skip policy; returns its id.")
         .def("remove_sequence", &BatchSession::remove_sequence, py::arg("seq"))
         .def("has_sequence", &BatchSession::has_sequence, py::arg("seq"))
         .def("sequences", &BatchSession::sequences)
         .def("n_past", &BatchSession::n_past, py::arg("seq"))
+        .def("skip_stats", &BatchSession::skip_stats, py::arg("seq"), py::return_value_policy::copy)
         .def("step", [](BatchSession& self, const std::vector<std::pair<int32_t, int32_t>>& pairs) {
             const size_t n_vocab = (size_t)self.model().n_vocab();
             py::array_t<float> out(std::vector<size_t>{pairs.size(), n_vocab});

@@ -11,10 +11,12 @@
 
 #include "cpu/forward-cpu.h"
 #include "cpu/ops.h"
+#include "skip/skip-policy.h"
 
 namespace ffnskip {
 
-const float* CpuForward::forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits) {
+const float* CpuForward::forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                                      SkipSchedule* skip) {
     if (slot < 0 || slot >= kv_.n_slots) throw std::invalid_argument("forward_slot: no slot " + std::to_string(slot));
     // forward() addresses the cache through kv_.slot; put it back whatever happens.
     struct SlotScope {
@@ -22,7 +24,7 @@ const float* CpuForward::forward_slot(int32_t slot, const int32_t* tokens, int32
         ~SlotScope() { kv.slot = 0; }
     } scope{kv_};
     kv_.slot = slot;
-    return forward(tokens, n, pos, all_logits, nullptr, false);
+    return forward(tokens, n, pos, all_logits, skip, false);
 }
 
 // dst = src rounded to fp16 values.
@@ -98,7 +100,8 @@ void CpuForward::attention_rows(ThreadPool& pool, int il, const int32_t* slots, 
     });
 }
 
-const float* CpuForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n) {
+const float* CpuForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                                      SkipSchedule* const* skips) {
     const HParams& hp = m_.hp;
     const ModelWeights& w = m_.w;
     if (n < 1 || n > s_.n_batch) throw std::invalid_argument("forward_rows: batch of " + std::to_string(n) + " rows");
@@ -146,13 +149,30 @@ const float* CpuForward::forward_rows(const int32_t* tokens, const int32_t* slot
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
 
-        // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
-        for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
-        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
-        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);
-        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
-        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
-        for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
+        // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)), for the
+        // rows whose schedule runs it (packed together); the others keep x' = h ----
+        std::vector<int32_t>& rows = s_.ffn_rows;
+        rows.clear();
+        for (int t = 0; t < n; t++)
+            if (!skips || !skips[t] || skips[t]->ffn_runs(il)) rows.push_back(t);
+        const int nr = (int)rows.size();
+        if (nr == 0) continue;   // no row needs this FFN: its weights are not read
+        for (int k = 0; k < nr; k++)
+            rmsnorm(s_.xb.data() + k * D, s_.x.data() + rows[k] * D, L.ffn_norm.data(), D, hp.rms_eps);
+        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), nr, s_.act);
+        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), nr, s_.act, true);
+        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)nr * hp.n_ff);
+        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), nr, s_.act);
+        for (int k = 0; k < nr; k++) {
+            const int t = rows[k];
+            float* x = s_.x.data() + t * D;
+            const float* f = s_.xb2.data() + k * D;
+            if (skips && skips[t] && skips[t]->wants_cosine(il)) {
+                skips[t]->after_ffn(il, residual_add_cosine(x, f, D));   // the row's own gate
+            } else {
+                for (int64_t i = 0; i < D; i++) x[i] += f[i];
+            }
+        }
     }
 
     // ---- logits of every row ----

@@ -52,6 +52,7 @@ struct RunState {
     // rounded to fp16 (n_head, head_dim) and attention weights (n_head, ctx_pad).
     std::vector<float> rows_q;
     std::vector<float> rows_scores;
+    std::vector<int32_t> ffn_rows;   // rows whose FFN runs this layer
 };
 
 class CpuForward : public Backend {
@@ -73,8 +74,15 @@ class CpuForward : public Backend {
     // chunk, full model); forward_rows decodes n tokens of n different slots together,
     // row t at position pos[t] of slot slots[t], and returns the n rows' logits
     // (n, n_vocab). A row's arithmetic equals a single-sequence decode step's.
-    const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits);
-    const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n);
+    // skip / skips[t] (may be null = full model): the sequence's schedule; for
+    // forward_rows the caller has called begin_step on each and calls end_step after.
+    // Only FFN skips apply per row (policies that leave whole layers out are refused
+    // by the caller); an FFN's product runs for the rows that need it, and not at all
+    // when none does.
+    const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                              SkipSchedule* skip = nullptr);
+    const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                              SkipSchedule* const* skips = nullptr);
     int32_t n_slots() const { return kv_.n_slots; }
 
     int32_t n_ctx() const { return kv_.n_ctx; }

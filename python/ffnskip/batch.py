@@ -7,8 +7,8 @@
 
 Each sequence has its own KV cache slot and position; sequences join (their prompt is
 evaluated in their slot alone) and leave between steps. A sequence's logits equal those
-of the same tokens decoded alone by :class:`ffnskip.Session`. CPU only, and no FFN
-skipping per sequence yet (the ``full`` policy).
+of the same tokens decoded alone by :class:`ffnskip.Session`. Each sequence may have
+its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode). CPU only.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from .skip import SkipSpec, skip_config
 
 
 class BatchSession:
@@ -64,9 +65,14 @@ class BatchSession:
         """Ids of the sequences in the batch, oldest first."""
         return self._native.sequences()
 
-    def add_sequence(self, prompt: Sequence[int]) -> int:
-        """Evaluate ``prompt`` in a free slot; returns the new sequence's id."""
-        return self._native.add_sequence(list(prompt))
+    def add_sequence(self, prompt: Sequence[int], skip: SkipSpec = None) -> int:
+        """Evaluate ``prompt`` in a free slot; returns the new sequence's id. ``skip``:
+        the sequence's skip policy (as :func:`ffnskip.skip_config` takes it)."""
+        return self._native.add_sequence(list(prompt), skip_config(skip, model=self.model))
+
+    def skip_stats(self, seq: int) -> _core.SkipStats:
+        """What the sequence's skip policy did over its decode steps so far."""
+        return self._native.skip_stats(seq)
 
     def remove_sequence(self, seq: int) -> None:
         self._native.remove_sequence(seq)

@@ -279,8 +279,10 @@ const char* version();
 // them); each sequence has its own KV cache slot of n_ctx rows and its own position.
 // Sequences join (their prompt is evaluated in that slot alone, in chunks of n_batch)
 // and leave between steps. A sequence's logits equal those of the same tokens decoded
-// alone by a Session. CPU backend; FFN skipping per sequence is not supported yet
-// (only SkipPolicy::full).
+// alone by a Session. Each sequence has its own skip schedule (its own warm-up,
+// refresh and cosine gate on its own residual): an FFN's product runs for the rows
+// that need it, and its weights are not read in a step where no row does. Policies
+// that leave whole layers out (shortgpt, skipdecode) are not supported. CPU backend.
 struct BatchParams {
     int32_t n_seq = 4;          // sequence slots (the most sequences decoded together)
     int32_t n_ctx = 0;          // KV cache rows per slot; 0 = min(n_ctx_train, 4096)
@@ -304,8 +306,11 @@ class BatchSession {
 
     // Takes a free slot and evaluates the prompt in it; returns the new sequence's id
     // (ids are never reused). Its last-token logits are then last_logits(id).
+    // `skip` is the sequence's policy, applied as a Session's generation applies it
+    // (the prompt is its "begin", each step a generated token's decode step).
     // Throws std::invalid_argument when every slot is taken, the prompt is empty, too
-    // long for a slot or has an out-of-range token, or `skip` is not the full policy.
+    // long for a slot or has an out-of-range token, or `skip` is invalid or a
+    // whole-layer policy.
     int32_t add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
     void remove_sequence(int32_t seq);      // frees its slot; unknown id: invalid_argument
     bool has_sequence(int32_t seq) const;
@@ -317,6 +322,7 @@ class BatchSession {
     // pair i: (pairs.size(), n_vocab) row-major, valid until the next call.
     const std::vector<float>& step(const std::vector<std::pair<int32_t, int32_t>>& pairs);
     const std::vector<float>& last_logits(int32_t seq) const;   // (n_vocab)
+    const SkipStats& skip_stats(int32_t seq) const;             // its decode steps so far
 
     struct Impl;
   private:
