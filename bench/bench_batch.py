@@ -1,7 +1,7 @@
 """Aggregate decode speed of batched decoding (BatchSession) against one Session.
 
     python bench/bench_batch.py [--model F.gguf] [--threads 2] [--batch 1 2 4 8]
-                                [--tokens 64] [--reps 3]
+                                [--tokens 64] [--reps 3] [--skip ffn_skip]
 
 For each batch size B, B different prompts join a BatchSession, then --tokens decode
 steps run with all B sequences in every step (greedy tokens); aggregate tokens/s =
@@ -9,6 +9,11 @@ B * tokens / time of the steps. The baseline is one Session decoding the first p
 token by token (eval of one token: the decode-step path). Each measurement runs
 --reps times after one warm-up; medians are printed as a markdown table. Prompt
 processing is not timed.
+
+With --skip POLICY every sequence also runs under that skip policy (its own schedule)
+and the table adds its tokens/s, the share of FFN blocks the sequences skipped, and
+the share of FFN weight reads the batch saved (an FFN is not read in a step only when
+every sequence skips it).
 """
 from __future__ import annotations
 
@@ -50,15 +55,20 @@ def single_rate(model, prompt, n_tokens, threads, n_ctx):
     return n_tokens / (time.perf_counter() - t0)
 
 
-def batch_rate(model, prompts, n_tokens, threads, n_ctx):
+def batch_run(model, prompts, n_tokens, threads, n_ctx, skip=None):
+    """Aggregate tokens/s, share of FFNs skipped, share of FFN reads saved."""
     b = BatchSession(model, n_seq=len(prompts), n_ctx=n_ctx, n_threads=threads)
-    ids = [b.add_sequence(p) for p in prompts]
+    ids = [b.add_sequence(p, skip=skip) for p in prompts]
     last = [int(np.argmax(b.last_logits(s))) for s in ids]
     t0 = time.perf_counter()
     for _ in range(n_tokens):
         logits = b.step(list(zip(ids, last)))
         last = [int(i) for i in logits.argmax(axis=1)]
-    return len(prompts) * n_tokens / (time.perf_counter() - t0)
+    rate = len(prompts) * n_tokens / (time.perf_counter() - t0)
+    masks = np.stack([np.asarray(b.skip_stats(s).masks, dtype=bool) for s in ids])   # (B, steps, n_layer)
+    if masks.size == 0:
+        return rate, 0.0, 0.0
+    return rate, float(masks.mean()), float(masks.all(axis=0).mean())
 
 
 def median_of(fn, reps):
@@ -73,6 +83,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tokens", type=int, default=64, help="decode steps per measurement")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip", help="also measure every sequence under this skip policy (e.g. ffn_skip)")
     args = ap.parse_args()
     if max(args.batch) > len(PROMPTS):
         ap.error(f"--batch sizes go up to {len(PROMPTS)} (one prompt each)")
@@ -86,12 +97,25 @@ def main() -> None:
     base = median_of(lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx), args.reps)
     print(f"model: {pathlib.Path(path).name}, threads: {args.threads}, {args.tokens} decode steps, "
           f"median of {args.reps} runs\n")
-    print("| sequences | aggregate tok/s | per sequence tok/s | vs one Session |")
-    print("|---:|---:|---:|---:|")
-    print(f"| Session (1) | {base:.1f} | {base:.1f} | 1.00x |")
+    skip = None
+    if args.skip:
+        skip = ffnskip.skip_config(args.skip, model=model, record_masks=True)
+    head = "| sequences | aggregate tok/s | per sequence tok/s | vs one Session |"
+    rule = "|---:|---:|---:|---:|"
+    if skip is not None:
+        head += f" {args.skip} tok/s | skip gain | FFNs skipped | FFN reads saved |"
+        rule += "---:|---:|---:|---:|"
+    print(head)
+    print(rule)
+    print(f"| Session (1) | {base:.1f} | {base:.1f} | 1.00x |" + (" | | | |" if skip is not None else ""))
     for B in args.batch:
-        rate = median_of(lambda: batch_rate(model, prompts[:B], args.tokens, args.threads, n_ctx), args.reps)
-        print(f"| {B} | {rate:.1f} | {rate / B:.1f} | {rate / base:.2f}x |")
+        rate = median_of(lambda: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx)[0], args.reps)
+        row = f"| {B} | {rate:.1f} | {rate / B:.1f} | {rate / base:.2f}x |"
+        if skip is not None:
+            runs = [batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, skip) for _ in range(args.reps + 1)][1:]
+            srate = statistics.median(r[0] for r in runs)
+            row += f" {srate:.1f} | {srate / rate:.2f}x | {runs[0][1]:.1%} | {runs[0][2]:.1%} |"
+        print(row)
 
 
 if __name__ == "__main__":
