@@ -14,6 +14,7 @@ namespace {
 struct Sequence {
     int32_t id = -1;                 // -1: the slot is free
     int32_t n_past = 0;              // tokens in the slot's cache
+    std::vector<int32_t> prompt;     // while its prompt is being evaluated (prefill); then empty
     std::vector<float> last_logits;  // (n_vocab)
     std::unique_ptr<SkipSchedule> skip;
     int32_t n_steps = 0;             // decode steps taken: the generated-token index g
@@ -38,6 +39,7 @@ struct BatchSession::Impl {
             if (s.id == seq && seq >= 0) return s;
         throw std::invalid_argument("no sequence " + std::to_string(seq) + " in the batch");
     }
+    const Sequence& find(int32_t seq) const { return const_cast<Impl*>(this)->find(seq); }
     void check_token(int32_t t) const {
         if (t < 0 || t >= m.hp.n_vocab)
             throw std::invalid_argument("token id " + std::to_string(t) + " is out of range [0, " +
@@ -96,9 +98,14 @@ std::vector<int32_t> BatchSession::sequences() const {
 
 int32_t BatchSession::n_past(int32_t seq) const { return impl_->find(seq).n_past; }
 
-const std::vector<float>& BatchSession::last_logits(int32_t seq) const { return impl_->find(seq).last_logits; }
+const std::vector<float>& BatchSession::last_logits(int32_t seq) const {
+    const Sequence& s = impl_->find(seq);
+    if (!s.prompt.empty())
+        throw std::invalid_argument("sequence " + std::to_string(seq) + " has not finished its prompt (prefill)");
+    return s.last_logits;
+}
 
-int32_t BatchSession::add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
+int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
     if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
         throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
@@ -112,21 +119,49 @@ int32_t BatchSession::add_sequence(const std::vector<int32_t>& prompt, const Ski
     auto free_slot = std::find_if(b.slots.begin(), b.slots.end(), [](const Sequence& s) { return s.id < 0; });
     if (free_slot == b.slots.end())
         throw std::invalid_argument("all " + std::to_string(b.params.n_seq) + " sequence slots are taken (n_seq)");
-    const int32_t slot = (int32_t)(free_slot - b.slots.begin());
-    const int32_t n_vocab = b.m.hp.n_vocab;
-    const float* logits = nullptr;
-    for (size_t done = 0; done < prompt.size();) {
-        const int32_t chunk = (int32_t)std::min<size_t>(prompt.size() - done, (size_t)b.params.n_batch);
-        logits = b.forward->forward_slot(slot, prompt.data() + done, chunk, (int32_t)done, false, sched.get());
-        done += chunk;
-    }
     Sequence& s = *free_slot;
     s.id = b.next_id++;
-    s.n_past = (int32_t)prompt.size();
-    s.last_logits.assign(logits, logits + n_vocab);
+    s.n_past = 0;
+    s.prompt = prompt;
+    s.last_logits.clear();
     s.skip = std::move(sched);
     s.n_steps = 0;
     return s.id;
+}
+
+int32_t BatchSession::prefill(int32_t seq, int32_t max_tokens) {
+    Impl& b = *impl_;
+    Sequence& s = b.find(seq);
+    if (max_tokens < 1) throw std::invalid_argument("prefill: max_tokens must be >= 1, got " + std::to_string(max_tokens));
+    const int32_t slot = (int32_t)(&s - b.slots.data());
+    const int32_t end = std::min((int32_t)s.prompt.size(), s.n_past + max_tokens);
+    const float* logits = nullptr;
+    while (s.n_past < end) {
+        const int32_t chunk = std::min(end - s.n_past, b.params.n_batch);
+        logits = b.forward->forward_slot(slot, s.prompt.data() + s.n_past, chunk, s.n_past, false, s.skip.get());
+        s.n_past += chunk;
+    }
+    if (logits && s.n_past == (int32_t)s.prompt.size()) {
+        s.last_logits.assign(logits, logits + b.m.hp.n_vocab);
+        std::vector<int32_t>().swap(s.prompt);
+    }
+    return n_pending(seq);
+}
+
+int32_t BatchSession::n_pending(int32_t seq) const {
+    const Sequence& s = impl_->find(seq);
+    return (int32_t)s.prompt.size() - (s.prompt.empty() ? 0 : s.n_past);
+}
+
+int32_t BatchSession::add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
+    const int32_t seq = join_sequence(prompt, skip);
+    try {
+        prefill(seq, (int32_t)prompt.size());
+    } catch (...) {
+        remove_sequence(seq);
+        throw;
+    }
+    return seq;
 }
 
 void BatchSession::remove_sequence(int32_t seq) {
@@ -134,6 +169,7 @@ void BatchSession::remove_sequence(int32_t seq) {
     s.id = -1;
     s.n_past = 0;
     s.last_logits.clear();
+    s.prompt.clear();
     s.skip.reset();
 }
 
@@ -152,6 +188,9 @@ const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t
         Sequence& s = b.find(seq);
         b.check_token(token);
         const int32_t slot = (int32_t)(&s - b.slots.data());
+        if (!s.prompt.empty())
+            throw std::invalid_argument("sequence " + std::to_string(seq) + " has " + std::to_string(n_pending(seq)) +
+                                        " prompt tokens to evaluate (prefill) before it can step");
         if (std::find(b.slot_of_row.begin(), b.slot_of_row.end(), slot) != b.slot_of_row.end())
             throw std::invalid_argument("sequence " + std::to_string(seq) + " appears twice in one step");
         if (s.n_past >= b.params.n_ctx)

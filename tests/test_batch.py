@@ -263,3 +263,37 @@ def test_smollm2_per_sequence_ffn_skip(smollm2_q4_1):
     b = BatchSession(model, n_seq=4, n_ctx=n_ctx, n_threads=2)
     masks = _check_against_sessions(model, b, prompts, skips, n, n_ctx)
     assert masks[0].any() and masks[1].any() and not masks[3].any()
+
+
+def test_prompt_in_chunks_between_steps(synthetic_model):
+    """A joining sequence's prompt evaluated a few tokens at a time between the other
+    sequences' steps gives the same logits as the whole prompt at once."""
+    path = synthetic_model(weight_type="Q4_K", **SHAPE)
+    model = ffnskip.Model(str(path))
+    long_prompt = list(range(3, 40))
+    want_long = _single(model, long_prompt, [5, 6], n_ctx=64, n_threads=2)
+    want_other = _single(model, PROMPTS[0], list(range(10, 30)), n_ctx=64, n_threads=2)
+    b = BatchSession(model, n_seq=2, n_ctx=64, n_threads=2)
+    other = b.add_sequence(PROMPTS[0])
+    seq = b.join_sequence(long_prompt)
+    assert b._native.n_pending(seq) == len(long_prompt) and b.n_active == 2
+    with pytest.raises(ValueError, match="prompt tokens to evaluate"):
+        b.step([(seq, 1)])
+    with pytest.raises(ValueError, match="has not finished its prompt"):
+        b.last_logits(seq)
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        b.prefill(seq, 0)
+    fed = 0
+    while True:
+        left = b.prefill(seq, 5)
+        got = b.step([(other, 10 + fed)])      # the other sequence keeps decoding
+        fed += 1
+        np.testing.assert_array_equal(got[0], want_other[fed])
+        if left == 0:
+            break
+    assert fed == 8 and b.n_past(seq) == len(long_prompt)
+    np.testing.assert_array_equal(b.last_logits(seq), want_long[0])
+    got = b.step([(seq, 5), (other, 10 + fed)])
+    np.testing.assert_array_equal(got[0], want_long[1])
+    np.testing.assert_array_equal(got[1], want_other[fed + 1])
+    assert b.prefill(seq, 5) == 0   # nothing left: no work

@@ -33,6 +33,12 @@ void bind_batch(py::module_& m) {
         .def("add_sequence", &BatchSession::add_sequence, py::arg("prompt"), py::arg("skip") = SkipConfig{},
              py::call_guard<py::gil_scoped_release>(),
              "Evaluate a prompt in a free slot under the sequence's skip policy; returns its id.")
+        .def("join_sequence", &BatchSession::join_sequence, py::arg("prompt"), py::arg("skip") = SkipConfig{},
+             "Take a free slot for a prompt without evaluating it (see prefill); returns the id.")
+        .def("prefill", &BatchSession::prefill, py::arg("seq"), py::arg("max_tokens"),
+             py::call_guard<py::gil_scoped_release>(),
+             "Evaluate up to max_tokens more prompt tokens; returns how many are left.")
+        .def("n_pending", &BatchSession::n_pending, py::arg("seq"))
         .def("remove_sequence", &BatchSession::remove_sequence, py::arg("seq"))
         .def("has_sequence", &BatchSession::has_sequence, py::arg("seq"))
         .def("sequences", &BatchSession::sequences)

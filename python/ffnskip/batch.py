@@ -70,6 +70,16 @@ class BatchSession:
         the sequence's skip policy (as :func:`ffnskip.skip_config` takes it)."""
         return self._native.add_sequence(list(prompt), skip_config(skip, model=self.model))
 
+    def join_sequence(self, prompt: Sequence[int], skip: SkipSpec = None) -> int:
+        """Take a free slot for ``prompt`` without evaluating it: call :meth:`prefill`
+        between steps until it returns 0, so a long prompt does not stall the others."""
+        return self._native.join_sequence(list(prompt), skip_config(skip, model=self.model))
+
+    def prefill(self, seq: int, max_tokens: int) -> int:
+        """Evaluate up to ``max_tokens`` more of the sequence's prompt; returns how many
+        are left (0: it can step, and last_logits holds its prompt's last logits)."""
+        return self._native.prefill(seq, max_tokens)
+
     def skip_stats(self, seq: int) -> _core.SkipStats:
         """What the sequence's skip policy did over its decode steps so far."""
         return self._native.skip_stats(seq)

@@ -312,6 +312,13 @@ class BatchSession {
     // long for a slot or has an out-of-range token, or `skip` is invalid or a
     // whole-layer policy.
     int32_t add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
+    // The same in two parts, so that a long prompt does not hold up the others' steps:
+    // join_sequence takes the slot and checks the arguments (no evaluation); prefill
+    // evaluates up to max_tokens more of its prompt and returns how many are left
+    // (n_pending). A sequence steps, and has last_logits, once nothing is pending.
+    int32_t join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
+    int32_t prefill(int32_t seq, int32_t max_tokens);
+    int32_t n_pending(int32_t seq) const;
     void remove_sequence(int32_t seq);      // frees its slot; unknown id: invalid_argument
     bool has_sequence(int32_t seq) const;
     std::vector<int32_t> sequences() const; // ids of the active sequences, oldest first
