@@ -6,9 +6,9 @@
 For each batch size B, B different prompts join a BatchSession, then --tokens decode
 steps run with all B sequences in every step (greedy tokens); aggregate tokens/s =
 B * tokens / time of the steps. The baseline is one Session decoding the first prompt
-token by token (eval of one token: the decode-step path). Each measurement runs
---reps times after one warm-up; medians are printed as a markdown table. Prompt
-processing is not timed.
+token by token (eval of one token: the decode-step path). Every measurement runs once
+per round, --reps rounds after one warm-up round; medians are printed as a markdown
+table. Prompt processing is not timed.
 
 With --skip POLICY every sequence also runs under that skip policy (its own schedule)
 and the table adds its tokens/s, the share of FFN blocks the sequences skipped, and
@@ -71,11 +71,6 @@ def batch_run(model, prompts, n_tokens, threads, n_ctx, skip=None):
     return rate, float(masks.mean()), float(masks.all(axis=0).mean())
 
 
-def median_of(fn, reps):
-    fn()   # warm-up
-    return statistics.median(fn() for _ in range(reps))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=pathlib.Path, help="GGUF file (default: SmolLM2-135M Q4_1)")
@@ -94,12 +89,29 @@ def main() -> None:
     prompts = [model.tokenize(p) for p in PROMPTS]
     n_ctx = max(len(p) for p in prompts) + args.tokens + 8
 
-    base = median_of(lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx), args.reps)
-    print(f"model: {pathlib.Path(path).name}, threads: {args.threads}, {args.tokens} decode steps, "
-          f"median of {args.reps} runs\n")
     skip = None
     if args.skip:
         skip = ffnskip.skip_config(args.skip, model=model, record_masks=True)
+    # Every measurement once per round, rounds repeated: a change in the machine's load
+    # then touches all of them alike rather than one batch size.
+    runs = {"session": lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx)}
+    for B in args.batch:
+        runs[("full", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx)
+        if skip is not None:
+            runs[("skip", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, skip)
+    results: dict = {key: [] for key in runs}
+    for rnd in range(args.reps + 1):   # round 0 warms up
+        for key, fn in runs.items():
+            r = fn()
+            if rnd > 0:
+                results[key].append(r)
+
+    def rate(key):
+        return statistics.median(r if isinstance(r, float) else r[0] for r in results[key])
+
+    base = rate("session")
+    print(f"model: {pathlib.Path(path).name}, threads: {args.threads}, {args.tokens} decode steps, "
+          f"median of {args.reps} rounds\n")
     head = "| sequences | aggregate tok/s | per sequence tok/s | vs one Session |"
     rule = "|---:|---:|---:|---:|"
     if skip is not None:
@@ -109,14 +121,13 @@ def main() -> None:
     print(rule)
     print(f"| Session (1) | {base:.1f} | {base:.1f} | 1.00x |" + (" | | | |" if skip is not None else ""))
     for B in args.batch:
-        rate = median_of(lambda: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx)[0], args.reps)
-        row = f"| {B} | {rate:.1f} | {rate / B:.1f} | {rate / base:.2f}x |"
+        full = rate(("full", B))
+        row = f"| {B} | {full:.1f} | {full / B:.1f} | {full / base:.2f}x |"
         if skip is not None:
-            runs = [batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, skip) for _ in range(args.reps + 1)][1:]
-            srate = statistics.median(r[0] for r in runs)
-            row += f" {srate:.1f} | {srate / rate:.2f}x | {runs[0][1]:.1%} | {runs[0][2]:.1%} |"
+            srate = rate(("skip", B))
+            _, skipped, saved = results[("skip", B)][0]
+            row += f" {srate:.1f} | {srate / full:.2f}x | {skipped:.1%} | {saved:.1%} |"
         print(row)
-
 
 if __name__ == "__main__":
     main()
