@@ -5,6 +5,9 @@ give if decode time were proportional to the bytes read.
 
     python3 bench/bench_skip.py [MODEL.gguf] --threads 1 --runs 5
 
+With --surrogates FILE (from `ffnskip calibrate --surrogate-rank R`) every skipping
+setting also runs with the left-out FFNs replaced by their surrogates, side by side.
+
 All settings run in rounds (one run of each per round) so that load on a shared
 machine hits them alike; the table shows medians. Prints markdown.
 """
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64, help="decoded tokens per run")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.10, 0.25, 0.30, 0.40],
                     help="FFN skip ratios (the dense run, 0, is always measured first: the speed-ups' base)")
+    ap.add_argument("--surrogates", help="surrogate file: also time each setting with surrogates in place of the skipped FFNs")
     args = ap.parse_args()
     args.ratios = [0.0] + [r for r in args.ratios if r != 0.0]
     path = args.model or str(models.default_model_path())
@@ -72,7 +76,8 @@ def main() -> None:
         layers = middle_layers(n_layer, round(r * n_layer))
         skipped = sum(ffn.get(l, 0) for l in layers)
         spec = {"policy": "layers", "layers": layers} if layers else None
-        configs.append((r, layers, skipped / dense, dense / (dense - skipped), spec))
+        sur_spec = dict(spec, surrogates=args.surrogates) if spec and args.surrogates else None
+        configs.append((r, layers, skipped / dense, dense / (dense - skipped), spec, sur_spec))
 
     session = ffnskip.Session(model, n_ctx=256, n_threads=args.threads)
     prompt = [100 + (i * 7919) % 40000 for i in range(16)]
@@ -85,24 +90,33 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     for c in configs:   # warm-up
         run(c[4])
+        if c[5]:
+            run(c[5])
     speeds: list[list[float]] = [[] for _ in configs]
+    sur_speeds: list[list[float]] = [[] for _ in configs]
     for _ in range(args.runs):
         for i, c in enumerate(configs):
             speeds[i].append(run(c[4]))
+            if c[5]:
+                sur_speeds[i].append(run(c[5]))
     load1 = os.getloadavg()[0]
 
     med = [statistics.median(s) for s in speeds]
+    sur_med = [statistics.median(s) if s else float("nan") for s in sur_speeds]
     base = med[0] if args.ratios[0] == 0 else float("nan")
     print(f"{pathlib.Path(path).name}, {args.threads} thread(s), {args.gen} tokens per run, median of {args.runs} runs; "
           f"load average {load0:.2f} -> {load1:.2f}\n")
-    print("| FFNs skipped | layers | weight bytes not read | decode tok/s | speed-up | ideal speed-up | achieved / ideal |")
-    print("|---|---|---|---|---|---|---|")
-    for (r, layers, frac, ideal, _), m in zip(configs, med):
+    sur_cols = " surrogates tok/s | surrogates / plain |" if args.surrogates else ""
+    print("| FFNs skipped | layers | weight bytes not read | decode tok/s | speed-up | ideal speed-up | achieved / ideal |"
+          + sur_cols)
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.surrogates else ""))
+    for (r, layers, frac, ideal, *_), m, sm in zip(configs, med, sur_med):
         n_skip = len(layers)
         sp = m / base
         eff = (sp - 1) / (ideal - 1) if ideal > 1 else float("nan")
+        extra = (f" {sm:.1f} | {sm / m:.3f} |" if layers else " - | - |") if args.surrogates else ""
         print(f"| {n_skip}/{n_layer} ({n_skip / n_layer:.0%}) | {','.join(map(str, layers)) or '-'} | {frac:.1%} | "
-              f"{m:.1f} | {sp:.3f} | {ideal:.3f} | {sp / ideal:.3f} (gain {eff:.0%}) |")
+              f"{m:.1f} | {sp:.3f} | {ideal:.3f} | {sp / ideal:.3f} (gain {eff:.0%}) |{extra}")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,16 @@ function(ffnskip_apply_flags target)
   endif()
 endfunction()
 
-# Files named *-avx2.cpp hold kernels compiled for AVX2+FMA+F16C; they are only
-# called after a run-time CPU check, so the rest of the library stays portable.
+# Files named *-avx2.cpp hold kernels compiled for AVX2+FMA+F16C, *-avx512.cpp for
+# AVX-512 F/BW/VL/DQ + VNNI (and AVX2+FMA+F16C); they are only called after a run-time
+# CPU check, so the rest of the library stays portable.
 function(ffnskip_simd_sources target)
   get_target_property(sources ${target} SOURCES)
   foreach(src IN LISTS sources)
     if(src MATCHES "-avx2\\.cpp$")
       set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
     elseif(src MATCHES "-avx512\\.cpp$")
-      set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512vnni;-mavx2;-mfma;-mf16c")
+      set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mavx2;-mfma;-mf16c")
     endif()
     # Block formats (csrc/quant) round every float operation as written: the scalar
     # decoder is bit-exact against gguf's numpy one, and a contracted multiply-add (the

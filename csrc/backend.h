@@ -35,6 +35,13 @@ class Backend {
     // position-independent removals apply.
     virtual const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                                  SkipSchedule* skip, bool decode_step) = 0;
+    // Calibration: while set, forward records each layer's FFN input and output into
+    // `trace` at the rows of their positions (null stops). Backends that cannot say so.
+    virtual void set_ffn_trace(Session::FfnTrace* trace) {
+        if (trace) throw Error(std::string("the ") + name() + " backend cannot record FFN traces; use backend='cpu'");
+    }
+    // Whether left-out FFNs can run surrogates on this backend.
+    virtual bool runs_surrogates() const { return false; }
 };
 
 // "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws

@@ -110,6 +110,8 @@ int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const Sk
     if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
         throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
                                     "' skip policy (it leaves whole layers out); use an FFN policy");
+    if (!skip.surrogates.empty())
+        throw std::invalid_argument("BatchSession does not run FFN surrogates yet (skip.surrogates must be empty)");
     auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)

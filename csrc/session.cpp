@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "sampling/sampler.h"
 #include "skip/skip-policy.h"
+#include "skip/surrogate.h"
 #include "tokenizer/vocab.h"
 
 namespace ffnskip {
@@ -45,7 +46,11 @@ struct Session::Impl {
 
     Impl(std::shared_ptr<const Model> mdl, const SessionParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
 
+    std::shared_ptr<const SurrogateSet> surrogates;   // the last set loaded, by path
+
     const float* eval(const int32_t* tokens, size_t n, std::vector<float>* all_logits, SkipSchedule* sched = nullptr);
+    // A schedule for `skip`, with its surrogates loaded (cached while the path stays).
+    std::unique_ptr<SkipSchedule> make_schedule(const SkipConfig& skip);
     // One decode step g: the skip policy decides which blocks run.
     const float* decode_step(int32_t token, int32_t g, SkipSchedule& sched);
     void finish(FinishReason reason, std::string& piece);
@@ -95,8 +100,47 @@ void Session::reset() {
 const SkipConfig& Session::skip_config() const { return impl_->params.skip; }
 
 void Session::set_skip_config(const SkipConfig& skip) {
-    SkipSchedule check(skip, impl_->m.hp.n_layer, impl_->params.n_ctx);   // validates
+    impl_->make_schedule(skip);   // validates, loads the surrogates
     impl_->params.skip = skip;
+}
+
+std::unique_ptr<SkipSchedule> Session::Impl::make_schedule(const SkipConfig& skip) {
+    auto sched = std::make_unique<SkipSchedule>(skip, m.hp.n_layer, params.n_ctx);
+    if (skip.surrogates.empty()) return sched;
+    if (!forward->runs_surrogates())
+        throw Error(std::string("FFN surrogates run on the CPU backend only so far (this session uses ") + forward->name() + ")");
+    if (!surrogates || surrogates->path != skip.surrogates) surrogates = load_surrogates(skip.surrogates, m.hp);
+    sched->set_surrogates(surrogates);
+    return sched;
+}
+
+Session::FfnTrace Session::trace_ffn(const std::vector<int32_t>& tokens, const SkipConfig& skip) {
+    Impl& s = *impl_;
+    if (tokens.empty()) throw std::invalid_argument("trace_ffn: no tokens");
+    if (tokens.size() > (size_t)s.params.n_ctx)
+        throw std::invalid_argument("trace_ffn: " + std::to_string(tokens.size()) + " tokens do not fit in the context of " +
+                                    std::to_string(s.params.n_ctx));
+    std::unique_ptr<SkipSchedule> sched = s.make_schedule(skip);
+    FfnTrace trace;
+    trace.n_layer = s.m.hp.n_layer;
+    trace.n_tokens = (int32_t)tokens.size();
+    trace.n_embd = s.m.hp.n_embd;
+    const size_t n_values = (size_t)trace.n_layer * trace.n_tokens * trace.n_embd;
+    trace.h.assign(n_values, 0.0f);
+    trace.u.assign(n_values, 0.0f);
+    trace.f.assign(n_values, 0.0f);
+    s.running = false;
+    s.cache_tokens.clear();
+    s.n_clean = 0;
+    s.forward->set_ffn_trace(&trace);
+    try {
+        s.eval(tokens.data(), tokens.size(), nullptr, sched.get());
+    } catch (...) {
+        s.forward->set_ffn_trace(nullptr);
+        throw;
+    }
+    s.forward->set_ffn_trace(nullptr);
+    return trace;
 }
 
 double Session::score_continuation(const std::vector<int32_t>& prompt, const std::vector<int32_t>& continuation,
@@ -106,7 +150,8 @@ double Session::score_continuation(const std::vector<int32_t>& prompt, const std
     if (prompt.size() + continuation.size() > (size_t)s.params.n_ctx + 1)
         throw std::invalid_argument("score_continuation: " + std::to_string(prompt.size() + continuation.size()) +
                                     " tokens do not fit in the context of " + std::to_string(s.params.n_ctx));
-    SkipSchedule sched(skip, s.m.hp.n_layer, s.params.n_ctx);
+    std::unique_ptr<SkipSchedule> owned = s.make_schedule(skip);
+    SkipSchedule& sched = *owned;
     s.running = false;
     s.cache_tokens.clear();
     s.n_clean = 0;
@@ -213,7 +258,7 @@ void Session::begin_tokens(const std::vector<int32_t>& prompt_tokens, const Gene
     s.result = GenerateResult{};
     s.result.prompt_tokens = prompt_tokens;
     s.sampler = std::make_unique<Sampler>(params.sampling, s.m.hp.n_vocab);
-    s.skip = std::make_unique<SkipSchedule>(params.use_session_skip ? s.params.skip : params.skip, s.m.hp.n_layer, s.params.n_ctx);
+    s.skip = s.make_schedule(params.use_session_skip ? s.params.skip : params.skip);
     s.utf8 = Utf8Stream();
     s.held.clear();
     s.history = prompt_tokens;

@@ -231,7 +231,7 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
                      rope_scale: float | None = None, tied_output: bool | None = None,
                      weight_type="F32", tensor_types: dict | None = None, seed: int = 0,
                      tokenizer: str = "gpt2", eps: float = 1e-5, name: str | None = None,
-                     arch: str = "llama", bias_std: float = 0.5):
+                     arch: str = "llama", bias_std: float = 0.5, chat_template: str | None = None):
     """Write a random-weight LLaMA-family GGUF and return its path.
 
     arch: "llama" or "qwen2" (Q/K/V biases with spread bias_std).
@@ -308,6 +308,8 @@ def write_llama_gguf(path, *, n_vocab: int | None = None, n_embd: int = 64, n_la
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
     w.add_add_eos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def gauss(rows, cols, std):
         return (rng.standard_normal((rows, cols)) * std).astype(np.float32)

@@ -136,6 +136,10 @@ def test_bad_input(synthetic_model):
         b.add_sequence([])
     with pytest.raises(ValueError, match="does not support the 'skipdecode' skip policy"):
         b.add_sequence([1], skip="skipdecode")
+    with_surrogates = ffnskip.skip_config("ffn_skip")
+    with_surrogates.surrogates = "surrogates.gguf"
+    with pytest.raises(ValueError, match="surrogates"):
+        b._native.add_sequence([1], with_surrogates)
     assert b.n_past(a) == 3 and b.n_active == 1   # failed calls changed nothing
     b.add_sequence([4])
     with pytest.raises(ValueError, match="all 2 sequence slots are taken"):

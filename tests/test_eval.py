@@ -300,3 +300,14 @@ def test_end_to_end_limited_run(smollm2_q4_1, eval_dir, tmp_path):
     assert [c["key"] for c in again["cells"]] == keys
     assert again["results"]["ppl"] == before and again["results"]["collapse"]["full"]["tokens"] == 20
     assert [run["command"] for run in again["runs"]][-1] == "second" and len(again["runs"]) == 2
+
+
+def test_surrogate_twins_of_cells(tmp_path):
+    ranking = list(range(29, -1, -1))
+    cells = make_cells(["ffn_skip", "random", "cheapest"], [0.1], n_layer=30, warmup=8, ranking=ranking,
+                       surrogates=str(tmp_path / "s.gguf"))
+    by = {c.key: c for c in cells}
+    assert sorted(by) == ["cheapest+sur@0.1", "cheapest@0.1", "ffn_skip+sur@0.1", "ffn_skip@0.1", "full", "random@0.1"]
+    twin, plain = by["cheapest+sur@0.1"].config, by["cheapest@0.1"].config
+    assert twin == dict(plain, surrogates=str(tmp_path / "s.gguf"))
+    assert "surrogates" not in by["ffn_skip@0.1"].config and "surrogates" not in by["random@0.1"].config

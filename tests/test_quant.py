@@ -7,9 +7,15 @@
   against numpy's float16 cast, Q8_1 / Q8_K against numpy versions of llama.cpp's
   reference quantizers written out below.
 - Dot products: SIMD and scalar paths against a float64 numpy dot of the decoded weight
-  row and the activation row rebuilt from its raw bytes.
+  row and the activation row rebuilt from its raw bytes. Each SIMD path (avx2, avx512) is
+  forced in turn where this CPU runs it, skipped where it does not.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +27,20 @@ from gguf import quants as gq  # noqa: E402
 from ffnskip import _core as core  # noqa: E402
 
 QK_K = 256
+
+SIMD_PATHS = ["avx2", "avx512"]
+
+
+@contextlib.contextmanager
+def simd_path(level: str):
+    """Runs the block with the kernels of `level`; skips where this CPU cannot run it."""
+    if level not in core._simd_levels():
+        pytest.skip(f"this CPU or build has no {level} path")
+    prev = core._set_simd_level(level)
+    try:
+        yield
+    finally:
+        core._set_simd_level(prev)
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"]
@@ -301,8 +321,14 @@ def activation_values(act: str, data: np.ndarray) -> np.ndarray:
     return reference_dequantize(act, data).astype(np.float64)
 
 
+@pytest.mark.parametrize("level", SIMD_PATHS)
 @pytest.mark.parametrize("tname", ALL_TYPES)
-def test_vec_dot_paths_agree_with_float64(tname):
+def test_vec_dot_paths_agree_with_float64(tname, level):
+    with simd_path(level):
+        check_vec_dot_paths(tname)
+
+
+def check_vec_dot_paths(tname):
     rng = np.random.default_rng(2000 + ALL_TYPES.index(tname))
     act = VEC_DOT_TYPE[tname]
     bs, _ = BLOCK[tname]
@@ -335,11 +361,20 @@ def test_vec_dot_paths_agree_with_float64(tname):
             assert abs(simd - ref) <= 2e-5 * scale, (n, row, simd, ref)
 
 
-@pytest.mark.parametrize("tname", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"])
-def test_matmul_tiles_equal_single_dot_products(tname):
+TILED = ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"]
+
+
+@pytest.mark.parametrize("level", SIMD_PATHS)
+@pytest.mark.parametrize("tname", TILED)
+def test_matmul_tiles_equal_single_dot_products(tname, level):
     """Every output of a matrix product, whatever tile computed it (full tiles, the
     narrower ones at the edges, one token), has exactly the bits of the single dot product
     of its row and token, and is close to float64 (the scalar reference's tolerance)."""
+    with simd_path(level):
+        check_matmul_tiles(tname)
+
+
+def check_matmul_tiles(tname):
     rng = np.random.default_rng(3000 + ALL_TYPES.index(tname))
     act = VEC_DOT_TYPE[tname]
     bs, _ = BLOCK[tname]
@@ -403,17 +438,85 @@ def test_force_scalar_switches_path():
 
 
 def test_simd_level_matches_cpu():
-    level = core.simd_level()
-    assert level in ("avx512", "avx2", "scalar")
+    """The best path is the best this CPU runs (the one in use unless FFNSKIP_CPU_SIMD
+    asks for a lower one), and build_info() names the one in use."""
+    names = ["scalar", "avx2", "avx512"]
+    levels = core._simd_levels()
+    best = levels[-1]
+    assert levels == names[:names.index(best) + 1]
+    assert core.simd_level() in levels
+    assert f"cpu simd: {core.simd_level()}," in core.build_info()
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         pytest.skip("no /proc/cpuinfo to compare with")
-    if {"avx2", "fma", "f16c"} <= set(flags):
-        assert level in ("avx2", "avx512")
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx2", "fma", "f16c"} <= set(flags):
+        assert best == "avx512"
+    elif {"avx2", "fma", "f16c"} <= set(flags):
+        assert best == "avx2"
     elif flags:
-        assert level == "scalar"
+        assert best == "scalar"
+
+
+@pytest.mark.parametrize("tname", TILED)
+def test_avx512_products_have_the_avx2_bits(tname):
+    """The AVX-512 matrix products (prompt batches) give, for every (row, token), the bits
+    of the AVX2 dot product, on tile shapes with every kind of edge and on rows of many
+    blocks (odd counts included)."""
+    if "avx512" not in core._simd_levels():
+        pytest.skip("this CPU or build has no avx512 path")
+    rng = np.random.default_rng(4000 + ALL_TYPES.index(tname))
+    act = VEC_DOT_TYPE[tname]
+    bs, _ = BLOCK[tname]
+    for n in ([256, 1536] if bs == QK_K else [32, 96, 1536]):
+        for n_rows, n_tok in [(1, 1), (2, 1), (11, 1), (1, 2), (3, 8), (4, 16), (7, 9), (13, 5), (2, 3), (5, 17)]:
+            w = np.concatenate([random_blocks(rng, tname, n // bs) for _ in range(n_rows)])
+            x = (rng.standard_normal((n_tok, n)) * rng.uniform(0.1, 5, (n_tok, 1))).astype(np.float32)
+            with simd_path("avx512"):
+                y = core._matmul(tname, w, n_rows, x)
+            row_bytes = len(w) // n_rows
+            with simd_path("avx2"):
+                want = np.float32([[core._vec_dot(tname, w[r * row_bytes:(r + 1) * row_bytes], core._quantize(act, x[t]), n)
+                                    for r in range(n_rows)] for t in range(n_tok)])
+            np.testing.assert_array_equal(bits(y), bits(want), err_msg=f"{n} x {n_rows} rows x {n_tok} tokens")
+
+
+def test_set_simd_level_switches_and_refuses_bad_names():
+    levels = core._simd_levels()
+    start = core.simd_level()
+    for level in levels:
+        prev = core._set_simd_level(level)
+        try:
+            assert core.simd_level() == level
+            assert f"cpu simd: {level}" in core.build_info()
+        finally:
+            assert core._set_simd_level(prev) == level
+    assert core.simd_level() == start
+    with pytest.raises(ValueError, match="unknown SIMD level 'avx1024'"):
+        core._set_simd_level("avx1024")
+    for missing in {"avx2", "avx512"} - set(levels):
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            core._set_simd_level(missing)
+    assert core.simd_level() == start
+
+
+@pytest.mark.parametrize("env", ["scalar", "avx2", "avx512", "sse9"])
+def test_env_override_picks_the_path(env):
+    """FFNSKIP_CPU_SIMD forces a lower path for A/B runs; a name it does not know, or a
+    path the CPU cannot run, gets a note on stderr and the best path."""
+    code = "from ffnskip import _core; print(_core.simd_level()); print(_core.build_info())"
+    py_path = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "FFNSKIP_CPU_SIMD": env, "PYTHONPATH": py_path})
+    assert out.returncode == 0, out.stderr
+    level, info = out.stdout.split("\n")[:2]
+    best = core._simd_levels()[-1]
+    if env in core._simd_levels():
+        assert level == env and out.stderr == ""
+    else:
+        assert level == best and "FFNSKIP_CPU_SIMD" in out.stderr
+    assert f"cpu simd: {level}" in info
 
 
 # ---- bad arguments -----------------------------------------------------------------------

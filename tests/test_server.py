@@ -377,12 +377,12 @@ def test_bad_requests_get_errors_and_server_stays_up(server, model_id):
         _assert_error(r, status, fragment)
         assert health(server)["status"] == "ok"
 
-    # prompt longer than the context: 413
+    # prompt longer than the context: 400 context_length_exceeded, as OpenAI answers
     long_prompt = "hello " * (N_CTX + 50)
-    _assert_error(_post(server, "/v1/completions", json_body={**ok, "prompt": long_prompt}), 413,
-                  "more than the context", "context_length_exceeded")
+    _assert_error(_post(server, "/v1/completions", json_body={**ok, "prompt": long_prompt}), 400,
+                  "maximum context length", "context_length_exceeded")
     _assert_error(_post(server, "/v1/chat/completions",
-                        json_body={**chat, "messages": [{"role": "user", "content": long_prompt}]}), 413,
+                        json_body={**chat, "messages": [{"role": "user", "content": long_prompt}]}), 400,
                   code="context_length_exceeded")
     # unknown model: 404, also as the openai client sees it
     _assert_error(_post(server, "/v1/completions", json_body={**ok, "model": "gpt-17"}), 404, "gpt-17", "model_not_found")

@@ -2,6 +2,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+
 #include <ffnskip/ffnskip.h>
 
 #include "bindings/bindings.h"
@@ -21,6 +23,29 @@ py::array_t<float> to_numpy(const float* data, size_t rows, size_t cols) {
     std::copy(data, data + (rows ? rows : 1) * cols, out.mutable_data());
     return out;
 }
+
+// The native calls release the GIL, so two Python threads could run inside one
+// Session at once and corrupt it. A Session from Python takes this flag for each
+// call; a second thread gets an exception instead of a data race.
+struct GuardedSession : Session {
+    using Session::Session;
+    std::atomic<bool> busy{false};
+};
+
+class Busy {
+  public:
+    explicit Busy(GuardedSession& s) : flag_(s.busy) {
+        if (flag_.exchange(true, std::memory_order_acquire))
+            throw Error("Session is busy in another thread: a Session runs one call at a time "
+                        "(use one Session per thread)");
+    }
+    ~Busy() { flag_.store(false, std::memory_order_release); }
+    Busy(const Busy&) = delete;
+    Busy& operator=(const Busy&) = delete;
+
+  private:
+    std::atomic<bool>& flag_;
+};
 
 }  // namespace
 
@@ -96,7 +121,8 @@ void bind_model(py::module_& m) {
         .def_readwrite("seed", &SkipConfig::seed)
         .def_readwrite("layers", &SkipConfig::layers)
         .def_readwrite("record_masks", &SkipConfig::record_masks)
-        .def_readwrite("record_cosines", &SkipConfig::record_cosines);
+        .def_readwrite("record_cosines", &SkipConfig::record_cosines)
+        .def_readwrite("surrogates", &SkipConfig::surrogates);
 
     py::class_<SkipStats>(m, "SkipStats")
         .def_readonly("n_layer", &SkipStats::n_layer)
@@ -107,6 +133,7 @@ void bind_model(py::module_& m) {
         .def_readonly("ffn_total_after_warmup", &SkipStats::ffn_total_after_warmup)
         .def_readonly("ffn_skipped_after_warmup", &SkipStats::ffn_skipped_after_warmup)
         .def_readonly("layers_skipped", &SkipStats::layers_skipped)
+        .def_readonly("surrogates_run", &SkipStats::surrogates_run)
         .def_readonly("skipped_per_layer", &SkipStats::skipped_per_layer)
         .def_property_readonly("skip_ratio", &SkipStats::skip_ratio)
         .def_property_readonly("skip_ratio_after_warmup", &SkipStats::skip_ratio_after_warmup)
@@ -170,30 +197,41 @@ void bind_model(py::module_& m) {
         .def_property_readonly("finish_reason", [](const GenerateResult& r) { return finish_reason_name(r.finish_reason); })
         .def_readonly("stats", &GenerateResult::stats);
 
-    py::class_<Session>(m, "Session")
+    using GS = GuardedSession;
+    py::class_<GS>(m, "Session")
         .def(py::init([](std::shared_ptr<Model> model, const SessionParams& params) {
                  py::gil_scoped_release release;
-                 return std::make_unique<Session>(model, params);
+                 return std::make_unique<GS>(model, params);
              }),
              py::arg("model"), py::arg("params") = SessionParams{})
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("backend", &Session::backend)
-        .def_property_readonly("n_past", &Session::n_past)
-        .def("begin", &Session::begin, py::arg("prompt"), py::arg("params"), py::call_guard<py::gil_scoped_release>())
-        .def("begin_tokens", &Session::begin_tokens, py::arg("tokens"), py::arg("params"), py::call_guard<py::gil_scoped_release>())
-        .def("step", [](Session& self) {
+        .def_property_readonly("n_ctx", [](const GS& self) { return self.n_ctx(); })
+        .def_property_readonly("backend", [](const GS& self) { return self.backend(); })
+        .def_property_readonly("n_past", [](GS& self) { Busy busy(self); return self.n_past(); })
+        .def("begin", [](GS& self, const std::string& prompt, const GenerateParams& params) {
+            Busy busy(self);
+            py::gil_scoped_release release;
+            self.begin(prompt, params);
+        }, py::arg("prompt"), py::arg("params"))
+        .def("begin_tokens", [](GS& self, const std::vector<int32_t>& tokens, const GenerateParams& params) {
+            Busy busy(self);
+            py::gil_scoped_release release;
+            self.begin_tokens(tokens, params);
+        }, py::arg("tokens"), py::arg("params"))
+        .def("step", [](GS& self) {
             std::string piece;
             bool more;
             {
+                Busy busy(self);
                 py::gil_scoped_release release;
                 more = self.step(piece);
             }
             return py::make_tuple(more, py::bytes(piece));
         }, "Evaluate one token; returns (more, text bytes).")
-        .def_property_readonly("finished", &Session::finished)
-        .def("cancel", &Session::cancel)
-        .def("result", &Session::result, py::return_value_policy::copy)
-        .def("eval", [](Session& self, const std::vector<int32_t>& tokens, bool all_logits) {
+        .def_property_readonly("finished", [](GS& self) { Busy busy(self); return self.finished(); })
+        .def("cancel", [](GS& self) { Busy busy(self); self.cancel(); })
+        .def("result", [](GS& self) { Busy busy(self); return self.result(); })
+        .def("eval", [](GS& self, const std::vector<int32_t>& tokens, bool all_logits) {
+            Busy busy(self);
             std::vector<float> all;
             const float* last;
             {
@@ -204,14 +242,17 @@ void bind_model(py::module_& m) {
             return all_logits ? to_numpy(all.data(), tokens.size(), n_vocab) : to_numpy(last, 0, n_vocab);
         }, py::arg("tokens"), py::arg("all_logits") = false,
            "Append tokens to the KV cache; return the last token's logits (or every token's).")
-        .def_property_readonly("last_logits", [](const Session& self) {
+        .def_property_readonly("last_logits", [](GS& self) {
+            Busy busy(self);
             const auto& l = self.last_logits();
             return to_numpy(l.data(), 0, l.size());
         })
-        .def("reset", &Session::reset)
-        .def_property("skip_config", &Session::skip_config, &Session::set_skip_config)
-        .def("score_continuation", [](Session& self, const std::vector<int32_t>& prompt,
+        .def("reset", [](GS& self) { Busy busy(self); self.reset(); })
+        .def_property("skip_config", [](GS& self) { Busy busy(self); return self.skip_config(); },
+                      [](GS& self, const SkipConfig& skip) { Busy busy(self); self.set_skip_config(skip); })
+        .def("score_continuation", [](GS& self, const std::vector<int32_t>& prompt,
                                       const std::vector<int32_t>& continuation, const SkipConfig& skip) {
+            Busy busy(self);
             SkipStats stats;
             double nll;
             {
@@ -220,6 +261,26 @@ void bind_model(py::module_& m) {
             }
             return py::make_tuple(nll, stats);
         }, py::arg("prompt"), py::arg("continuation"), py::arg("skip"),
-           "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).");
+           "Teacher-forced -log likelihood of continuation after prompt, skipping as in generation; (nll, SkipStats).")
+        .def("trace_ffn", [](GS& self, const std::vector<int32_t>& tokens, const SkipConfig& skip) {
+            Busy busy(self);
+            Session::FfnTrace trace;
+            {
+                py::gil_scoped_release release;
+                trace = self.trace_ffn(tokens, skip);
+            }
+            auto as_array = [&](std::vector<float>& v) {
+                py::array_t<float> out(std::vector<size_t>{(size_t)trace.n_layer, (size_t)trace.n_tokens, (size_t)trace.n_embd});
+                std::copy(v.begin(), v.end(), out.mutable_data());
+                return out;
+            };
+            py::dict d;
+            d["h"] = as_array(trace.h);
+            d["u"] = as_array(trace.u);
+            d["f"] = as_array(trace.f);
+            return d;
+        }, py::arg("tokens"), py::arg("skip"),
+           "Evaluate tokens as one prompt from an empty cache; per layer the residual before the FFN (h), "
+           "the FFN input (u) and what the block added (f), each (n_layer, n_tokens, n_embd).");
 }
 }  // namespace ffnskip_py

@@ -1,5 +1,6 @@
 // Block formats: test hooks (leading underscore) and the SIMD level.
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <cctype>
 #include <stdexcept>
@@ -59,7 +60,11 @@ static void check_bytes(const py::buffer_info& a, size_t expected, const char* w
 }
 
 void bind_quant(py::module_& m) {
-    m.def("simd_level", &ffnskip::simd_level, "SIMD path used by the dot products: 'avx2' or 'scalar'.");
+    m.def("simd_level", &ffnskip::simd_level, "SIMD path in use: 'avx512', 'avx2' or 'scalar'.");
+    m.def("_simd_levels", &ffnskip::simd_levels, "SIMD paths this CPU and build can run, lowest first.");
+    m.def(
+        "_set_simd_level", [](const std::string& name) { return std::string(ffnskip::set_simd_level(name.c_str())); },
+        py::arg("level"), "Switch the CPU kernels to a SIMD path (tests compare paths); returns the previous one.");
 
     m.def("_set_force_scalar", &ffnskip::set_force_scalar, py::arg("force"),
           "Force the scalar dot products (tests compare paths); returns the previous setting.");

@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "cpu/ops.h"
+#include "skip/surrogate.h"
 
 namespace ffnskip {
 
@@ -195,18 +196,37 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
 
-        // ---- the skip gate: leave this layer's FFN out? Then x' = h. ----
+        // ---- the skip gate: leave this layer's FFN out? Then x' = h, or h plus its surrogate. ----
         const bool ffn_runs = !skip || (step ? skip->ffn_runs(il) : skip->prompt_ffn_runs(il));
-        if (!ffn_runs) continue;
+        const FfnSurrogate* sur = ffn_runs ? nullptr : skip->surrogate(il);
+        if (trace_) record_trace(trace_->h, il, n, pos, s_.x.data());
+        if (!ffn_runs && !sur) {
+            if (trace_) std::fill_n(trace_row(trace_->f, il, pos), (size_t)n * D, 0.0f);
+            continue;
+        }
 
-        // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
-        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
-        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
-        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
-        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+        if (trace_) record_trace(trace_->u, il, n, pos, s_.xb.data());
+        if (ffn_runs) {
+            // ---- feed-forward: f = Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
+            matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
+            matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
+            swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
+            matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+        } else {
+            // ---- surrogate: f = b + U (V^T norm(h)), rank << n_ff ----
+            if (sur->rank > 0) {
+                matmul(pool, sur->up, s_.xb.data(), s_.hb.data(), n, s_.act);
+                matmul(pool, sur->down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+            } else {
+                std::fill_n(s_.xb2.data(), (size_t)n * D, 0.0f);
+            }
+            add_bias(s_.xb2.data(), sur->bias.data(), n, D);
+        }
+        if (trace_) record_trace(trace_->f, il, n, pos, s_.xb2.data());
+
+        // ---- residual: x' = h + f; the gate's input, fused with the add: cos(h + f, h) ----
         if (step && skip->wants_cosine(il)) {
-            // The gate's input, fused with the residual add: cos(h + f, h).
             const double c = residual_add_cosine(s_.x.data(), s_.xb2.data(), D);
             skip->after_ffn(il, c);
         } else {
@@ -221,6 +241,20 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
     for (int t = 0; t < rows; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + (first + t) * D, w.output_norm.data(), D, hp.rms_eps);
     matmul(pool, w.output, s_.xb.data(), s_.logits.data(), rows, s_.act);
     return s_.logits.data();
+}
+
+float* CpuForward::trace_row(std::vector<float>& rows, int il, int32_t pos) {
+    return rows.data() + ((size_t)il * trace_->n_tokens + pos) * trace_->n_embd;
+}
+
+void CpuForward::record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src) {
+    std::copy(src, src + (size_t)n * trace_->n_embd, trace_row(rows, il, pos));
+}
+
+void CpuForward::set_ffn_trace(Session::FfnTrace* trace) {
+    if (trace && (trace->n_layer != m_.hp.n_layer || trace->n_embd != m_.hp.n_embd || trace->n_tokens > kv_.n_ctx))
+        throw std::invalid_argument("set_ffn_trace: the trace does not fit the model and context");
+    trace_ = trace;
 }
 
 }  // namespace ffnskip

@@ -69,6 +69,9 @@ class CpuForward : public Backend {
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                          SkipSchedule* skip, bool decode_step) override;
 
+    void set_ffn_trace(Session::FfnTrace* trace) override;
+    bool runs_surrogates() const override { return true; }
+
     // Batched decoding over the cache's sequence slots (BackendParams::n_slots):
     // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
     // chunk, full model); forward_rows decodes n tokens of n different slots together,
@@ -93,6 +96,8 @@ class CpuForward : public Backend {
     static constexpr int ATTN_TOKENS = 16;   // tokens whose queries share one pass over the keys
     void attention(ThreadPool& pool, int layer, int32_t n, int32_t pos);
     void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
+    float* trace_row(std::vector<float>& rows, int il, int32_t pos);
+    void record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src);
     void attention_rows(ThreadPool& pool, int layer, const int32_t* slots, const int32_t* pos, int32_t n);
 
     const Model::Impl& m_;
@@ -100,6 +105,7 @@ class CpuForward : public Backend {
     RunState s_;
     std::unique_ptr<ThreadPool> pool_decode_;
     std::unique_ptr<ThreadPool> pool_batch_;   // null when it would equal pool_decode_
+    Session::FfnTrace* trace_ = nullptr;       // calibration: rows by absolute position
 };
 
 }  // namespace ffnskip

@@ -14,30 +14,19 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
-#include <vector>
-
+#include "quant/gemm-tiles.h"
 #include "quant/simd-avx2.h"
 
 namespace ffnskip {
+// Kernel types local to this file: the AVX2 and AVX-512 files define tiles of the same
+// names, and shared (weak) template instances would let the linker keep one for both.
+namespace {
 
 static inline int hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(s);
-}
-
-static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-// Decoding reads each weight row once, from memory: asking for the bytes a few rows'
-// worth ahead keeps more loads in flight than the hardware prefetcher alone (F16, Q8_0,
-// Q4_1 matrix-vector products from memory: about 10-40% faster on this machine's
-// microbenchmark). `bytes` from p on are requested, one cache line at a time.
-constexpr int PREFETCH_AHEAD = 2048;
-template <int bytes>
-static inline void prefetch_ahead(const void* p) {
-    for (int off = 0; off < bytes; off += 64)
-        _mm_prefetch(static_cast<const char*>(p) + PREFETCH_AHEAD + off, _MM_HINT_T0);
 }
 
 static inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
@@ -139,36 +128,6 @@ static float dot_q5_1_q8_1(int64_t n, const void* vw, const void* va) {
 }
 
 // ---- K-quants (256-element super-blocks against Q8_K) ---------------------------------
-
-// sum_j m[j] * (bsums[2j] + bsums[2j+1]) for the 8 per-32 mins of Q4_K / Q5_K.
-static inline int k4_mins_dot(const int16_t* bsums, const uint8_t* mins) {
-    const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bsums));
-    const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bsums + 8));
-    const __m128i pairs = _mm_hadd_epi16(b0, b1);   // 8 sums of 32
-    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
-    __m128i s = _mm_madd_epi16(pairs, m);
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-// The 12 packed bytes as little-endian words w0..w2: scales 0-3 are the low 6 bits of
-// w0's bytes, mins 0-3 of w1's; scales 4-7 are the low nibbles of w2 with the top 2 bits
-// of w0 above them, mins 4-7 the high nibbles of w2 with the top 2 bits of w1. Same
-// values as get_scale_min_k4, without branches.
-static inline void k4_scales(const uint8_t* packed, uint8_t* sc, uint8_t* mn) {
-    uint32_t w[3];
-    std::memcpy(w, packed, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    const uint32_t out[4] = {
-        w[0] & m6,
-        (w[2] & m4) | (((w[0] >> 6) & m2) << 4),
-        w[1] & m6,
-        ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4),
-    };
-    std::memcpy(sc, out, 8);
-    std::memcpy(mn, out + 2, 8);
-}
 
 static float dot_q4_K_q8_K(int64_t n, const void* vw, const void* va) {
     const block_q4_K* x = static_cast<const block_q4_K*>(vw);
@@ -464,61 +423,6 @@ static void quantize_f16(const float* x, void* dst, int64_t n) {
     for (; i < n; i++) h[i] = float_to_half(x[i]);
 }
 
-// ---- tiled products: R weight rows x C tokens share each block's loads ------------------
-//
-// Every output has one float accumulator, updated block by block in block order (plus,
-// for Q4_1, the minimum term), and the same instructions make each update whatever the
-// tile shape: so a 4x2 tile, a 1x2 tile and the single dot product (a 1x1 tile) give
-// identical bits for the same pair, and a batch of tokens computes what one token does.
-//
-// A tile kernel K has ROWS x COLS (its largest tile) and run<R, C>(nb, w, ws, a, as, y, ys),
-// which writes y[c * ys + r] for R weight rows ws bytes apart times C activation rows
-// as bytes apart, nb blocks long.
-
-
-// R rows times all nt tokens, COLS at a time, the last few with a narrower tile.
-template <class K, int R>
-static void tile_row_strip(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, int nt, float* y,
-                           size_t ys) {
-    int t = 0;
-    for (; t + K::COLS <= nt; t += K::COLS) K::template run<R, K::COLS>(nb, w, ws, a + t * as, as, y + t * ys, ys);
-    for (; t < nt; t++) K::template run<R, 1>(nb, w, ws, a + t * as, as, y + t * ys, ys);
-}
-
-// The rows left over (fewer than ROWS): one strip of exactly `left` rows.
-template <class K, int R>
-static void tile_tail_rows(int left, int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, int nt,
-                           float* y, size_t ys) {
-    if constexpr (R >= 1) {
-        if (left == R) return tile_row_strip<K, R>(nb, w, ws, a, as, nt, y, ys);
-        tile_tail_rows<K, R - 1>(left, nb, w, ws, a, as, nt, y, ys);
-    }
-}
-
-// The whole nr x nt product. One token (decode) goes a row at a time: weights come from
-// memory once either way, and one sequential stream runs about twice as fast as several
-// interleaved rows (row lengths of 600+ bytes defeat the hardware prefetcher).
-template <class K>
-static void gemm_tiled(int64_t nb, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
-                       size_t ys) {
-    const uint8_t* wb = static_cast<const uint8_t*>(w);
-    const uint8_t* ab = static_cast<const uint8_t*>(a);
-    if (nt == 1) {
-        for (int r = 0; r < nr; r++) K::template run<1, 1>(nb, wb + r * ws, ws, ab, as, y + r, ys);
-        return;
-    }
-    int r = 0;
-    for (; r + K::ROWS <= nr; r += K::ROWS) tile_row_strip<K, K::ROWS>(nb, wb + r * ws, ws, ab, as, nt, y + r, ys);
-    if (r < nr) tile_tail_rows<K, K::ROWS - 1>(nr - r, nb, wb + r * ws, ws, ab, as, nt, y + r, ys);
-}
-
-template <class K>
-static float tile_dot(int64_t nb, const void* w, const void* a) {
-    float y;
-    K::template run<1, 1>(nb, static_cast<const uint8_t*>(w), 0, static_cast<const uint8_t*>(a), 0, &y, 0);
-    return y;
-}
-
 struct TileQ4_1 {
     static constexpr int ROWS = 3, COLS = 4;
     template <int R, int C>
@@ -611,13 +515,6 @@ struct Q5_0Quants {
 using TileQ8_0 = TileSigned<Q8_0Quants, 3, 4>;
 using TileQ5_0 = TileSigned<Q5_0Quants, 3, 4>;
 
-// GemmFn / VecDotFn of a tile kernel over blocks of qk elements.
-template <class K, int qk>
-static void gemm_blocks(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y, size_t ys) {
-    gemm_tiled<K>(n / qk, w, ws, nr, a, as, nt, y, ys);
-}
-template <class K, int qk>
-static float dot_blocks(int64_t n, const void* w, const void* a) { return tile_dot<K>(n / qk, w, a); }
 
 // ---- K-quant tiles (256-element super-blocks; same arithmetic as the dot products above) --
 
@@ -793,14 +690,15 @@ static void gemm_f16_any(int64_t n, const void* w, size_t ws, int nr, const void
     }
     // The activations widened once per call (a few percent of the products' work for
     // the row counts matmul passes); the buffer only grows.
-    thread_local std::vector<float> wide;
-    if (wide.size() < size_t(n) * nt) wide.resize(size_t(n) * nt);
+    float* wide = scratch_floats(size_t(n) * nt);
     for (int t = 0; t < nt; t++) {
         const uint16_t* src = reinterpret_cast<const uint16_t*>(ab + t * as);
-        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(wide.data() + size_t(t) * n + i, load_f16x8(src + i));
+        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(wide + size_t(t) * n + i, load_f16x8(src + i));
     }
-    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide.data(), size_t(n) * sizeof(float), nt, y, ys);
+    gemm_tiled<TileF16>(n / 8, w, ws, nr, wide, size_t(n) * sizeof(float), nt, y, ys);
 }
+
+}  // namespace
 
 bool quant_avx2_kernels(QuantKernels* k) {
     k->vec_dot[int(GgmlType::F32)] = dot_f32;

@@ -177,6 +177,11 @@ struct QuantKernels {
     QuantizeFn quantize[TYPE_TABLE_SIZE];
 };
 
+// A buffer of at least n floats for the calling thread, valid until its next call (it only
+// grows). Lives in a file built without SIMD flags: std::vector code instantiated inside a
+// *-avx2/-avx512 file could be the copy the linker keeps for every caller.
+float* scratch_floats(size_t n);
+
 // The scalar quantize_row (quantize_row dispatches to SIMD converters where there are some).
 void quantize_row_reference(GgmlType type, const float* src, void* dst, int64_t n);
 
@@ -185,5 +190,8 @@ void quant_ref_kernels(QuantKernels* k);
 // Overwrites the entries that have AVX2 versions; call only when the CPU and OS support
 // AVX2, FMA and F16C. Returns false (and changes nothing) when the build has no AVX2 code.
 bool quant_avx2_kernels(QuantKernels* k);
+// Overwrites the entries that have AVX-512 versions (on top of the AVX2 table); call only
+// when the CPU and OS support AVX512 F/BW/VL/DQ and VNNI. False when the build has none.
+bool quant_avx512_kernels(QuantKernels* k);
 
 }  // namespace ffnskip

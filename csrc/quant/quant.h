@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace ffnskip {
 
@@ -64,10 +66,17 @@ using GemmFn = void (*)(int64_t n, const void* w, size_t w_stride, int nr, const
 // vec_dot_fn then). Honours set_force_scalar like vec_dot_fn.
 GemmFn gemm_fn(GgmlType wtype);
 
-// The SIMD level picked at run time: "avx512", "avx2" or "scalar".
+// The SIMD level in use: "avx512" (AVX-512 F/BW/VL/DQ + VNNI), "avx2" (AVX2 + FMA +
+// F16C) or "scalar". The best the CPU runs, unless FFNSKIP_CPU_SIMD names a lower one.
 const char* simd_level();
-// Forces the scalar path (tests compare paths); returns the previous setting.
+// Forces the scalar path (true) or returns to the initial level (false); returns whether
+// the scalar path was in use.
 bool set_force_scalar(bool force);
+// Switches to a named level (tests and benchmarks compare paths); returns the previous
+// one. Throws std::invalid_argument for an unknown name or a level this CPU cannot run.
+const char* set_simd_level(const char* name);
+// The levels this CPU and build can run, lowest first ("scalar" always).
+std::vector<std::string> simd_levels();
 
 // fp16 / bf16 helpers (round to nearest even, as numpy and ggml do).
 float fp16_to_fp32(uint16_t h);

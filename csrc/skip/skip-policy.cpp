@@ -1,5 +1,7 @@
 #include "skip/skip-policy.h"
 
+#include "skip/surrogate.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -180,6 +182,17 @@ bool SkipSchedule::step_skipped_anything() const {
     return false;
 }
 
+void SkipSchedule::set_surrogates(std::shared_ptr<const SurrogateSet> set) {
+    if (set && (int32_t)set->layers.size() != n_layer_)
+        throw std::invalid_argument("surrogates for " + std::to_string(set->layers.size()) + " layers, the model has " +
+                                    std::to_string(n_layer_));
+    surrogates_ = std::move(set);
+}
+
+const FfnSurrogate* SkipSchedule::surrogate(int il) const {
+    return surrogates_ ? surrogates_->at(il) : nullptr;
+}
+
 void SkipSchedule::end_step() {
     SkipStats& s = stats_;
     int32_t skipped = 0, layers = 0;
@@ -187,6 +200,7 @@ void SkipSchedule::end_step() {
         const bool ffn_out = ffn_skip_[l] || layer_skip_[l];
         skipped += ffn_out;
         layers += layer_skip_[l];
+        s.surrogates_run += ffn_skip_[l] && !layer_skip_[l] && surrogate(l);
         s.skipped_per_layer[l] += ffn_out;
         if (cfg_.record_masks) s.masks.push_back(ffn_out);
     }

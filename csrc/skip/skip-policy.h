@@ -4,12 +4,16 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include <ffnskip/ffnskip.h>
 
 namespace ffnskip {
+
+struct FfnSurrogate;
+struct SurrogateSet;
 
 class SkipSchedule {
   public:
@@ -65,6 +69,11 @@ class SkipSchedule {
     // whole-layer skips may be included) and the cosines measured (NaN = not measured).
     void set_step_outcome(const uint8_t* ffn_skipped, const float* cosines);
 
+    // ---- surrogates: a left-out FFN that has one runs it instead of nothing ----
+    void set_surrogates(std::shared_ptr<const SurrogateSet> set);
+    // The stand-in for layer il's left-out FFN, or null (plain skip: x' = h).
+    const FfnSurrogate* surrogate(int il) const;
+
     const SkipStats& stats() const { return stats_; }
 
   private:
@@ -81,6 +90,7 @@ class SkipSchedule {
     std::vector<uint8_t> removed_layer_;  // (n_layer) shortgpt: for every token
     std::vector<uint8_t> removed_ffn_;    // (n_layer) layers policy: for every token
     std::mt19937_64 rng_;
+    std::shared_ptr<const SurrogateSet> surrogates_;
 
     // The current step.
     int32_t step_ = -1;

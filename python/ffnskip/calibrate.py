@@ -273,6 +273,8 @@ def calibrate(
     n_ctx: int = 512,
     n_threads: int = 0,
     progress: bool = False,
+    surrogates: str | None = None,
+    policy: str = "ffn_skip",
 ) -> dict[str, Any]:
     """Calibrate skip settings for a model on plain text; returns the profile (a
     JSON-ready dict whose "config" object is a SkipConfig's fields).
@@ -284,7 +286,15 @@ def calibrate(
     Give at most one of ``target_ratio`` (share of FFNs skipped after the warm-up;
     default 0.25 when neither is given) and ``max_ppl_increase`` (e.g. 0.02 = at most 2%
     above the full model's held-out perplexity).
+    ``surrogates``: a sidecar of fitted FFN surrogates (``ffnskip.surrogate``); every
+    setting is then searched and measured with them running in place of the left-out
+    FFNs (the ablation costs too), and the chosen settings are also measured without.
+    ``policy``: which result becomes the profile's config: "ffn_skip" (the gated
+    window) or "layers" (a fixed set of the cheapest FFNs).
     """
+    if policy not in ("ffn_skip", "layers"):
+        raise ValueError(f"policy must be 'ffn_skip' or 'layers', got {policy!r}")
+    with_sur: dict[str, Any] = {"surrogates": os.path.abspath(surrogates)} if surrogates else {}
     if target_ratio is not None and max_ppl_increase is not None:
         raise ValueError("give target_ratio or max_ppl_increase, not both")
     if target_ratio is None and max_ppl_increase is None:
@@ -329,12 +339,12 @@ def calibrate(
         bar.step(f"full model ppl {full['ppl']:.3f}")
         ablation_ppl = []
         for layer in range(n_layer):
-            ablation_ppl.append(_score(session, held_windows, {"policy": "layers", "layers": [layer]})["ppl"])
+            ablation_ppl.append(_score(session, held_windows, {"policy": "layers", "layers": [layer], **with_sur})["ppl"])
             bar.step(f"ablation of FFN {layer}")
         costs = [p / full["ppl"] - 1.0 for p in ablation_ppl]
 
         base = {"policy": "ffn_skip", "cold_start": cs, "cold_end": ce, "warmup": warmup,
-                "refresh_every": refresh_every}
+                "refresh_every": refresh_every, **with_sur}
 
         def measure_ffn_skip(threshold: float, max_skip: int, generate: bool) -> dict[str, Any]:
             spec = {**base, "threshold": threshold, "max_skip": max_skip}
@@ -359,7 +369,7 @@ def calibrate(
             layers = sorted(int(l) for l in layers)
             if not layers:
                 return {"layers": [], "ppl": full["ppl"], "ppl_increase": 0.0, "measured_ratio": 0.0}
-            m = _score(session, held_windows, {"policy": "layers", "layers": layers})
+            m = _score(session, held_windows, {"policy": "layers", "layers": layers, **with_sur})
             bar.step(f"layers {layers}: ppl {m['ppl']:.3f}")
             return {"layers": layers, "ppl": m["ppl"], "ppl_increase": m["ppl"] / full["ppl"] - 1.0,
                     "measured_ratio": m["skip_ratio"]}
@@ -433,19 +443,36 @@ def calibrate(
                 layers.append(layer)
                 alternative = trial
             alternative["rule"] = "cheapest FFNs by single-ablation cost, added while held-out ppl <= (1 + p) x full"
+        if with_sur:
+            # The same settings with plain skipping, for the side-by-side.
+            plain = {k: v for k, v in base.items() if k != "surrogates"}
+            m = _score(session, held_windows, {**plain, "threshold": chosen["threshold"], "max_skip": chosen["max_skip"]})
+            chosen["ppl_without_surrogates"] = m["ppl"]
+            chosen["ppl_increase_without_surrogates"] = m["ppl"] / full["ppl"] - 1.0
+            if alternative["layers"]:
+                m = _score(session, held_windows, {"policy": "layers", "layers": alternative["layers"]})
+            else:
+                m = full
+            alternative["ppl_without_surrogates"] = m["ppl"]
+            alternative["ppl_increase_without_surrogates"] = m["ppl"] / full["ppl"] - 1.0
+            bar.step("the chosen settings without surrogates")
     finally:
         bar.close()
 
     config = {**base, "threshold": chosen["threshold"], "max_skip": chosen["max_skip"],
               "target_ratio": target_ratio if target_ratio is not None else chosen["measured_ratio"]}
     alternative["config"] = {"policy": "layers", "layers": alternative["layers"], "warmup": warmup,
-                             "refresh_every": refresh_every}
+                             "refresh_every": refresh_every, **with_sur}
+    if policy == "layers":
+        config = dict(alternative["config"])
     return {
         "format": PROFILE_FORMAT,
         "version": PROFILE_VERSION,
         "model": _model_facts(session),
         "n_layer": n_layer,
         "mode": "target_ratio" if target_ratio is not None else "max_ppl_increase",
+        "policy": policy,
+        "surrogates": with_sur.get("surrogates"),
         "target_ratio": target_ratio,
         "max_ppl_increase": max_ppl_increase,
         "tokens": {

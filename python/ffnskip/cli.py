@@ -133,9 +133,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             skip = json.loads(skip)
         except json.JSONDecodeError as e:
             raise ValueError(f"--skip: not valid JSON: {e}") from e
-    serve(_model_path(args.model_pos or args.model, must_exist=True), host=args.host, port=args.port, slots=args.slots,
+    serve(args.model_pos or args.model, host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
-          model_name=args.model_name, log_level=args.log_level)
+          model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
+          max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -143,9 +144,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
     from .calibrate import calibrate, save_profile
+    from .surrogate import fit_and_save
 
     if args.target_ratio is not None and args.max_ppl_increase is not None:
         raise SystemExit("ffnskip calibrate: give --target-ratio or --max-ppl-increase, not both")
+    if args.surrogate_rank is not None and args.surrogates:
+        raise SystemExit("ffnskip calibrate: give --surrogate-rank (fit new surrogates) or --surrogates FILE, not both")
     model = _model_path(args.model_pos or args.model)
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
@@ -153,18 +157,57 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.held_out:
         with open(args.held_out, encoding="utf-8") as f:
             held_out = f.read()
+    out = args.out or model + ".ffnskip.json"
+    surrogates = args.surrogates
+    target: object = model
+    if args.surrogate_rank is not None:
+        from .calibrate import _split_text
+        from .session import Session
+        from .surrogate import surrogates_beside
+
+        if held_out is None:
+            text, held_out = _split_text(text)   # fit on the calibration half only
+        target = Session(model, n_ctx=max(args.ctx, 512), n_threads=args.threads, n_threads_batch=args.threads)
+        surrogates = surrogates_beside(out)
+        fit_and_save(target, text, args.text, surrogates, rank=args.surrogate_rank, tokens=args.surrogate_tokens,
+                     progress=not args.quiet)
     profile = calibrate(
-        model, text, held_out=held_out, target_ratio=args.target_ratio, max_ppl_increase=args.max_ppl_increase,
+        target, text, held_out=held_out, target_ratio=args.target_ratio, max_ppl_increase=args.max_ppl_increase,
         tokens=args.tokens, held_out_tokens=args.held_out_tokens, generate_tokens=args.generate_tokens,
         prompt_tokens=args.prompt_tokens, n_ctx=args.ctx, n_threads=args.threads, progress=not args.quiet,
+        surrogates=surrogates, policy=args.policy,
     )
+    alt = profile["layers_alternative"]
+    if args.sequential and args.surrogate_rank is not None and alt["layers"]:
+        # Refit the chosen set one layer after another, each on the inputs of the model
+        # whose earlier FFNs of the set already run their surrogates.
+        from .calibrate import _score, _windows
+        from .surrogate import sequential_beside
+
+        seq_path = sequential_beside(out)
+        fit_and_save(target, text, args.text, seq_path, rank=args.surrogate_rank, tokens=args.surrogate_tokens,
+                     layers=alt["layers"], sequential=True, progress=not args.quiet)
+        held = _windows(target.tokenize(held_out), args.prompt_tokens, profile["tokens"]["window"],
+                        args.held_out_tokens, "held-out")
+        m = _score(target, held, {"policy": "layers", "layers": alt["layers"], "surrogates": seq_path})
+        alt["ppl_sequential"] = m["ppl"]
+        alt["ppl_increase_sequential"] = m["ppl"] / profile["full_ppl"] - 1.0
+        if args.policy == "layers" and m["ppl"] < alt["ppl"]:
+            surrogates = seq_path
+            profile["config"]["surrogates"] = os.path.abspath(seq_path)
+    if surrogates and os.path.dirname(os.path.abspath(surrogates)) == os.path.dirname(os.path.abspath(out)):
+        # Named relative to the profile, so the pair can move together.
+        profile["config"]["surrogates"] = os.path.basename(surrogates)
     options = [("--held-out", args.held_out), ("--target-ratio", args.target_ratio),
                ("--max-ppl-increase", args.max_ppl_increase), ("--tokens", args.tokens),
                ("--held-out-tokens", args.held_out_tokens), ("--generate-tokens", args.generate_tokens),
-               ("--prompt-tokens", args.prompt_tokens), ("--ctx", args.ctx)]
+               ("--prompt-tokens", args.prompt_tokens), ("--ctx", args.ctx), ("--policy", args.policy),
+               ("--surrogate-rank", args.surrogate_rank), ("--surrogate-tokens",
+                                                           args.surrogate_tokens if args.surrogate_rank is not None else None),
+               ("--surrogates", args.surrogates)]
     profile["command"] = " ".join(["ffnskip calibrate", model, "--text", args.text] +
-                                  [f"{k} {v}" for k, v in options if v is not None])
-    out = args.out or model + ".ffnskip.json"
+                                  [f"{k} {v}" for k, v in options if v is not None] +
+                                  (["--sequential"] if args.sequential else []))
     save_profile(profile, out)
     if args.plot:
         from .plot import plot_profile
@@ -186,11 +229,50 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"held-out ppl {fs['ppl']:.3f} ({100 * fs['ppl_increase']:+.1f}%)",
         f"layers {alt['layers']}: skip ratio {alt['measured_ratio']:.3f}, held-out ppl {alt['ppl']:.3f} "
         f"({100 * alt['ppl_increase']:+.1f}%)",
+    ]
+    if "ppl_sequential" in alt:
+        lines.append(f"layers {alt['layers']} with sequentially fitted surrogates: held-out ppl "
+                     f"{alt['ppl_sequential']:.3f} ({100 * alt['ppl_increase_sequential']:+.1f}%)")
+    if profile.get("surrogates"):
+        lines += [
+            f"surrogates: {profile['surrogates']}; without them the same settings give held-out ppl "
+            f"{fs['ppl_without_surrogates']:.3f} ({100 * fs['ppl_increase_without_surrogates']:+.1f}%, ffn_skip) and "
+            f"{alt['ppl_without_surrogates']:.3f} ({100 * alt['ppl_increase_without_surrogates']:+.1f}%, layers)",
+        ]
+    lines += [
         f"profile: {out}" + (f", plot: {args.plot}" if args.plot else ""),
     ]
     print("\n".join(lines))
     if args.json:
         print(json.dumps(profile["config"]))
+    return 0
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    import json
+
+    from .perplexity import perplexity
+    from .session import Session
+
+    model = _model_path(args.model_pos or args.model)
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    session = Session(model, n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads)
+    skip = _skip_arg(args.skip, args.skip_set)
+    if isinstance(skip, str) and skip == "auto":
+        from .skip import skip_config
+
+        skip = skip_config("auto", model=model)
+    result = perplexity(session, session.tokenize(text), ctx=args.ctx, skip=skip or "full",
+                        max_tokens=args.max_tokens)
+    result["model"] = model
+    result["text"] = args.text
+    result["skip"] = args.skip or "full"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"perplexity {result['ppl']:.4f} over {result['tokens']} tokens ({result['windows']} windows of "
+              f"{result['ctx']}), FFN skip ratio {result['skip_ratio']:.3f}, surrogates run {result['surrogates_run']}")
     return 0
 
 
@@ -249,7 +331,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             ratios=_ratio_list(args.ratios, "--ratios"), limit=args.limit, threads=args.threads,
                             settings=settings, budgets=_ratio_list(args.budgets, "--budgets"),
                             profile=args.profile, check_zero=args.check_zero, update=args.update, plots=not args.no_plots,
-                            progress=not args.quiet, command=command)
+                            progress=not args.quiet, command=command, surrogates=args.surrogates)
     except ImportError as e:   # a missing optional package: the message names the extra
         print(f"ffnskip: error: {e}", file=sys.stderr)
         return 1
@@ -319,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                      "(default: $FFNSKIP_API_KEY)")
+    sv.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (413 beyond)")
+    sv.add_argument("--head-timeout", type=float, default=10.0,
+                    help="seconds a connection may take to send its request head")
+    sv.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive")
     sv.set_defaults(func=_cmd_serve)
 
     c = sub.add_parser("calibrate", help="measure FFN saturation on text and write a skip profile (JSON)")
@@ -336,10 +424,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="profile path (default: MODEL.ffnskip.json, which skip='auto' finds)")
     c.add_argument("--plot", help="write the cosine profile and ablation costs as an image (needs matplotlib)")
     c.add_argument("--json", action="store_true", help="also print the chosen config as JSON")
+    c.add_argument("--policy", choices=["ffn_skip", "layers"], default="ffn_skip",
+                   help="the profile's config: ffn_skip (the gated window, default) or layers (a fixed set of the "
+                        "cheapest FFNs)")
+    c.add_argument("--surrogate-rank", type=int,
+                   help="fit a low-rank surrogate per FFN on the calibration text (written beside the profile as "
+                        "PROFILE.surrogates.gguf) and search with surrogates running in place of left-out FFNs")
+    c.add_argument("--surrogate-tokens", type=int, default=16384,
+                   help="calibration tokens the surrogates are fitted on (default 16384)")
+    c.add_argument("--surrogates", help="an existing surrogate file to search with (instead of --surrogate-rank)")
+    c.add_argument("--sequential", action="store_true",
+                   help="with --surrogate-rank: refit the chosen layers set layer after layer on the partly replaced "
+                        "model (PROFILE.sequential.surrogates.gguf); --policy layers uses it when it measures better")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     c.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     c.add_argument("-c", "--ctx", type=int, default=512, help="context length (at least prompt + window + 1)")
     c.set_defaults(func=_cmd_calibrate)
+
+    pp = sub.add_parser("perplexity", help="teacher-forced perplexity of a text file, skipping as in generation")
+    pp.add_argument("model_pos", nargs="?", metavar="MODEL")
+    _add_model_arg(pp)
+    pp.add_argument("--text", required=True, help="text file (plain text)")
+    pp.add_argument("-c", "--ctx", type=int, default=512, help="window length: each window starts from an empty cache")
+    pp.add_argument("--max-tokens", type=int, help="score at most this many tokens")
+    pp.add_argument("--skip", help="as for generate: a policy, a profile .json, auto, or a JSON object")
+    pp.add_argument("--skip-set", action="append", metavar="KEY=VALUE", help="one skip setting (repeatable)")
+    pp.add_argument("--json", action="store_true", help="print one JSON object (ppl, tokens, skip_ratio, ...)")
+    pp.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
+    pp.set_defaults(func=_cmd_perplexity)
 
     e = sub.add_parser("eval", help="evaluate skip policies over a grid of ratios (needs the [eval] extra)")
     e.add_argument("model_pos", nargs="?", metavar="MODEL")
@@ -367,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--summarize-pruning-ratios", metavar="R,...",
                    help="run summarization for prompt-pruning policies (shortgpt, cheapest) only at these ratios: "
                         "they evaluate each long article again per cell")
+    e.add_argument("--surrogates", metavar="FILE",
+                   help="a surrogate file (ffnskip calibrate --surrogate-rank): ffn_skip, cheapest and cheapest_gate also "
+                        "run as '+sur' cells with the left-out FFNs replaced by their surrogates")
     e.add_argument("--check-zero", action="store_true",
                    help="also run each policy at ratio 0 instead of taking the full model's results")
     e.add_argument("--update", action="store_true",

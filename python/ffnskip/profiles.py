@@ -26,6 +26,10 @@ def load_profile_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     config = profile.get("config") if isinstance(profile, dict) else None
     if not isinstance(config, dict):
         raise ValueError(f"{os.fspath(path)}: not a calibration profile (no 'config' object)")
+    surrogates = config.get("surrogates")
+    if surrogates:
+        # A sidecar named in the profile is found beside the profile.
+        config = dict(config, surrogates=os.path.join(os.path.dirname(os.path.abspath(path)), surrogates))
     return config
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
-from . import _core
+from . import _core, checks
 from .skip import SkipSpec, skip_config, stats_dict
 
 
@@ -42,18 +44,8 @@ def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
     }
 
 
-def _set_field(params: Any, key: str, value: Any) -> None:
-    # pybind11 rejects a wrong type or an out-of-range int with a long TypeError
-    # listing signatures; name the argument instead
-    try:
-        setattr(params, key, value)
-    except TypeError:
-        expected = type(getattr(params, key)).__name__
-        if key == "stop":
-            expected = "str or list of str"
-        elif expected == "int":
-            expected = "int (32-bit)" if key != "seed" else "int (64-bit)"
-        raise TypeError(f"generation argument {key}={value!r}: expected {expected}") from None
+_BUSY = ("Session is busy in another thread: a Session serves one thread at a time, and an "
+         "unfinished stream holds it until it is exhausted, closed or dropped (use one Session per thread)")
 
 
 class Session:
@@ -61,7 +53,9 @@ class Session:
 
     ``model`` is a GGUF path, a registry name (``ffnskip models``) or a loaded
     :class:`ffnskip.Model` (share one Model between sessions to load the weights
-    once). A session is not thread-safe: use one per thread.
+    once). A session serves one thread at a time: a call from a second thread while a
+    call or an unfinished stream of the first is running raises
+    ``RuntimeError("Session is busy in another thread ...")``. Use one Session per thread.
     """
 
     def __init__(
@@ -81,23 +75,56 @@ class Session:
             model = _core.Model(resolve_model(os.fspath(model)))
         self.model = model
         params = _core.SessionParams()
-        params.n_ctx = n_ctx
-        params.n_threads = n_threads
-        params.n_threads_batch = n_threads_batch
-        params.n_batch = n_batch
+        for key, value in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_threads_batch", n_threads_batch),
+                           ("n_batch", n_batch)):
+            checks.set_field(params, key, value, "Session")
         params.skip = skip_config(skip, model=self.model)
-        params.backend = backend
+        params.backend = checks.text(backend, "backend")
         self._native = _core.Session(self.model, params)
         self.last_stats: dict[str, Any] = {}
         self.last_result: Completion | None = None
         self._generation = 0   # counts begun generations; a stream acts only on its own
+        # Who holds the session: (thread id, generation, weak reference to its unfinished
+        # stream or None while a plain call runs). The native calls release the GIL.
+        self._holder: tuple[int, int, Any] | None = None
+        self._holder_lock = threading.Lock()
+
+    # ---- one thread at a time -------------------------------------------------------
+    def _claim(self) -> int:
+        """Start a new generation for this thread (ending its own unfinished stream);
+        RuntimeError while another thread's call or live stream holds the session."""
+        me = threading.get_ident()
+        with self._holder_lock:
+            holder = self._holder
+            if holder is not None and holder[0] != me and (holder[2] is None or holder[2]() is not None):
+                raise RuntimeError(_BUSY)
+            self._generation += 1
+            self._holder = (me, self._generation, None)
+            return self._generation
+
+    def _hold_for_stream(self, generation: int, stream: Iterator[str]) -> None:
+        with self._holder_lock:
+            if self._holder is not None and self._holder[1] == generation:
+                self._holder = (self._holder[0], generation, weakref.ref(stream))
+
+    def _release(self, generation: int) -> None:
+        with self._holder_lock:
+            if self._holder is not None and self._holder[1] == generation:
+                self._holder = None
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        generation = self._claim()
+        try:
+            return fn(*args)
+        finally:
+            self._release(generation)
 
     # ---- tokens -----------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        return self.model.tokenize(text, add_special, parse_special)
+        return self.model.tokenize(checks.text(text, "text"), add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int], render_special: bool = True) -> str:
-        return self.model.detokenize(list(tokens), render_special)
+        return self.model.detokenize(checks.tokens(tokens, "tokens", self.model.n_vocab), render_special)
 
     @property
     def backend(self) -> str:
@@ -115,8 +142,7 @@ class Session:
 
     def reset(self) -> None:
         """Empty the KV cache."""
-        self._generation += 1
-        self._native.reset()
+        self._call(self._native.reset)
 
     @property
     def skip(self) -> _core.SkipConfig:
@@ -125,23 +151,46 @@ class Session:
 
     @skip.setter
     def skip(self, spec: SkipSpec) -> None:
-        self._native.skip_config = skip_config(spec, model=self.model)
+        config = skip_config(spec, model=self.model)
+        self._call(setattr, self._native, "skip_config", config)
 
     def score(self, prompt: Sequence[int], continuation: Sequence[int], skip: SkipSpec = None) -> tuple[float, dict[str, Any]]:
         """Teacher-forced negative log-likelihood (sum, nats) of ``continuation`` after
         ``prompt`` with the skip policy active exactly as in generation; also the skip
         statistics. ``skip=None`` uses the session's setting."""
-        config = self._native.skip_config if skip is None else skip_config(skip, model=self.model)
-        nll, stats = self._native.score_continuation(list(prompt), list(continuation), config)
+        n_vocab = self.model.n_vocab
+        prompt_ids, continuation_ids = checks.tokens(prompt, "prompt", n_vocab), checks.tokens(continuation, "continuation", n_vocab)
+        config = None if skip is None else skip_config(skip, model=self.model)
+        generation = self._claim()
+        try:
+            if config is None:
+                config = self._native.skip_config
+            nll, stats = self._native.score_continuation(prompt_ids, continuation_ids, config)
+        finally:
+            self._release(generation)
         return nll, stats_dict(stats)
+
+    def trace_ffn(self, tokens: Sequence[int], skip: SkipSpec = "full") -> dict[str, np.ndarray]:
+        """Calibration: evaluate ``tokens`` as one prompt from an empty cache and return,
+        per layer, the residual before the FFN (``h``), the FFN's input (``u`` =
+        ffn_norm(h)) and what the block added (``f``), each (n_layer, n_tokens, n_embd).
+        ``skip`` applies its position-independent part (a ``layers`` set, surrogates),
+        so surrogates can be fitted one layer after another. CPU backend."""
+        ids = checks.tokens(tokens, "tokens", self.model.n_vocab)
+        config = skip_config(skip, model=self.model)
+        generation = self._claim()
+        try:
+            return self._native.trace_ffn(ids, config)
+        finally:
+            self._release(generation)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache and return the logits of the last one
         (shape (n_vocab,)) or of every one (shape (len(tokens), n_vocab)). A single
         token takes the decode step's path, as generation does (on the GPU: the
         captured graph), so a decode loop of your own runs as fast as `generate`."""
-        self._generation += 1
-        return self._native.eval(list(tokens), all_logits)
+        ids = checks.tokens(tokens, "tokens", self.model.n_vocab)
+        return self._call(self._native.eval, ids, bool(all_logits))
 
     @property
     def logits(self) -> np.ndarray:
@@ -155,13 +204,13 @@ class Session:
         for key, value in kwargs.items():
             if key in _SAMPLING_FIELDS:
                 if value is not None:
-                    _set_field(sampling, key, value)
+                    checks.set_field(sampling, key, value, "generation argument")
             elif key in _GENERATE_FIELDS:
                 if value is not None:
-                    _set_field(params, key, value)
+                    checks.set_field(params, key, value, "generation argument")
             elif key == "stop":
                 if value is not None:
-                    _set_field(params, key, [value] if isinstance(value, str) else list(value))
+                    params.stop = checks.texts(value, "stop")
             elif key == "skip":
                 params.use_session_skip = False
                 params.skip = skip_config(value, model=self.model)
@@ -172,11 +221,10 @@ class Session:
         params.sampling = sampling
         return params
 
-    def _begin(self, prompt: str | Sequence[int], params: _core.GenerateParams) -> None:
+    def _checked_prompt(self, prompt: Any) -> str | list[int]:
         if isinstance(prompt, str):
-            self._native.begin(prompt, params)
-        else:
-            self._native.begin_tokens(list(prompt), params)
+            return checks.text(prompt, "prompt")
+        return checks.tokens(prompt, "prompt", self.model.n_vocab)
 
     def stream(self, prompt: str | Sequence[int], **kwargs: Any) -> Iterator[str]:
         """Generate text piece by piece. ``prompt`` is text or token ids.
@@ -187,13 +235,24 @@ class Session:
         ignore_eos, add_special, parse_special, skip (a policy name, a mapping of
         SkipConfig fields, a profile path or a SkipConfig, for this call only).
         Breaking out of the loop (or closing the generator) stops decoding. Starting
-        another generation (stream, generate, chat, eval, reset) ends an unfinished
-        stream: it yields nothing more.
+        another generation (stream, generate, chat, eval, reset) in the same thread ends
+        an unfinished stream: it yields nothing more. From another thread it raises
+        RuntimeError while the stream is alive (see the class docstring).
         """
         params = self._params(kwargs)
-        self._generation += 1
-        self._begin(prompt, params)
-        return self._pieces(self._generation)
+        prompt = self._checked_prompt(prompt)
+        generation = self._claim()
+        try:
+            if isinstance(prompt, str):
+                self._native.begin(prompt, params)
+            else:
+                self._native.begin_tokens(prompt, params)
+        except BaseException:
+            self._release(generation)
+            raise
+        stream = self._pieces(generation)
+        self._hold_for_stream(generation, stream)
+        return stream
 
     def _pieces(self, generation: int) -> Iterator[str]:
         # A stream left suspended must neither step nor cancel a later generation
@@ -211,9 +270,12 @@ class Session:
                     yield text
         finally:
             if self._generation == generation:
-                if not native.finished:
-                    native.cancel()
-                self._record("".join(delivered))
+                try:
+                    if not native.finished:
+                        native.cancel()
+                    self._record("".join(delivered))
+                finally:
+                    self._release(generation)
 
     def _record(self, delivered: str) -> Completion:
         r = self._native.result()
@@ -244,10 +306,16 @@ class Session:
 
     def chat(self, messages: Sequence[Mapping[str, str]], *, stream: bool = False,
              add_generation_prompt: bool = True, **kwargs: Any) -> Completion | Iterator[str]:
-        """Render ``messages`` with the model's chat template and generate the reply."""
-        from .chat import render_chat
+        """Render ``messages`` with the model's chat template and generate the reply.
 
-        prompt = render_chat(self.model, messages, add_generation_prompt=add_generation_prompt)
-        kwargs.setdefault("parse_special", True)
-        kwargs.setdefault("add_special", False)
+        The template's markup is tokenized with special tokens parsed, message contents
+        as plain text (a content cannot forge a turn by spelling "<|im_end|>"). A
+        template that fails, loops or grows without bound raises ValueError.
+        """
+        from .chat import chat_tokens
+
+        add_special = kwargs.pop("add_special", False)
+        kwargs.pop("parse_special", None)   # contents are text, the markup is special: always
+        prompt = chat_tokens(self.model, messages, add_generation_prompt=add_generation_prompt,
+                             add_special=bool(add_special))
         return self.stream(prompt, **kwargs) if stream else self.generate(prompt, **kwargs)

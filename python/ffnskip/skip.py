@@ -11,7 +11,8 @@ SkipSpec = Union[None, str, "os.PathLike[str]", Mapping[str, Any], _core.SkipCon
 
 POLICIES = ("full", "ffn_skip", "random", "static", "layers", "shortgpt", "skipdecode")
 FIELDS = ("policy", "threshold", "cold_start", "cold_end", "warmup", "refresh_every", "max_skip",
-          "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines")
+          "target_ratio", "skipdecode_span", "seed", "layers", "record_masks", "record_cosines",
+          "surrogates")
 
 
 def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -> _core.SkipConfig:
@@ -53,7 +54,16 @@ def skip_config(spec: SkipSpec = None, *, model: Any = None, **overrides: Any) -
             continue
         if name == "layers":
             value = [int(v) for v in value]
-        setattr(config, name, value)
+            config.layers = value
+            continue
+        if name == "policy":
+            config.policy = value
+            continue
+        if name == "surrogates" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        from .checks import set_field
+
+        set_field(config, name, value, "skip setting")
     return config
 
 
@@ -70,6 +80,7 @@ def stats_dict(stats: _core.SkipStats) -> dict[str, Any]:
         "ffn_total_after_warmup": stats.ffn_total_after_warmup,
         "ffn_skipped_after_warmup": stats.ffn_skipped_after_warmup,
         "layers_skipped": stats.layers_skipped,
+        "surrogates_run": stats.surrogates_run,
         "skip_ratio": stats.skip_ratio,
         "skip_ratio_after_warmup": stats.skip_ratio_after_warmup,
         "skipped_per_layer": list(stats.skipped_per_layer),

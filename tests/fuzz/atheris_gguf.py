@@ -1,7 +1,8 @@
 """Atheris fuzzer for the GGUF reader, through the Python binding.
 
-    PYTHONPATH=python python3 tests/fuzz/atheris_gguf.py -max_total_time=60 CORPUS_DIR
-    PYTHONPATH=python python3 tests/fuzz/atheris_gguf.py --make-corpus CORPUS_DIR
+    python3 tests/fuzz/atheris_gguf.py -max_total_time=60 CORPUS_DIR
+    python3 tests/fuzz/atheris_gguf.py --make-corpus CORPUS_DIR
+(after `pip install .`; in a tree built in place, prefix PYTHONPATH=python)
 
 Only ffnskip.FormatError may come out of ffnskip._core._gguf_parse_bytes; anything
 else (another exception, a crash) stops the fuzzer with the input that caused it.

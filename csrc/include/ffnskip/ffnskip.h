@@ -136,6 +136,9 @@ struct SkipConfig {
                                  // (e.g. those whose removal cost least in calibration)
     bool record_masks = false;   // keep the per-step skip mask in the stats
     bool record_cosines = false; // keep the per-step, per-layer cosines in the stats
+    std::string surrogates;      // GGUF sidecar of low-rank FFN surrogates ("" = none): a
+                                 // left-out FFN that has one runs it instead of nothing,
+                                 // x' = h + b + U (V^T ffn_norm(h)) (CPU backend)
 };
 
 // What the skip policy did during one generation (decode steps only).
@@ -148,6 +151,7 @@ struct SkipStats {
     int64_t ffn_total_after_warmup = 0;
     int64_t ffn_skipped_after_warmup = 0;
     int64_t layers_skipped = 0;       // whole layers (shortgpt, skipdecode)
+    int64_t surrogates_run = 0;       // left-out FFNs replaced by their surrogate
     std::vector<int32_t> skipped_per_layer;   // (n_layer) FFN skips per layer
     std::vector<uint8_t> masks;       // (n_steps, n_layer) 1 = FFN skipped; record_masks
     std::vector<float> cosines;       // (n_steps, n_layer) NaN where not measured; record_cosines
@@ -263,6 +267,17 @@ class Session {
     const SkipConfig& skip_config() const;
     void set_skip_config(const SkipConfig& skip);
 
+    // Calibration: evaluates `tokens` from an empty cache as one prompt with the
+    // position-independent part of `skip` (a `layers` set, surrogates) and records, per
+    // layer, the residual before the FFN (h), the FFN's input (u = ffn_norm(h)) and
+    // what the block added to the residual (f: the FFN's output, the surrogate's, or
+    // zeros where it was left out). CPU backend.
+    struct FfnTrace {
+        int32_t n_layer = 0, n_tokens = 0, n_embd = 0;
+        std::vector<float> h, u, f;   // (n_layer, n_tokens, n_embd) each
+    };
+    FfnTrace trace_ffn(const std::vector<int32_t>& tokens, const SkipConfig& skip);
+
     struct Impl;
   private:
     std::unique_ptr<Impl> impl_;
@@ -309,8 +324,8 @@ class BatchSession {
     // `skip` is the sequence's policy, applied as a Session's generation applies it
     // (the prompt is its "begin", each step a generated token's decode step).
     // Throws std::invalid_argument when every slot is taken, the prompt is empty, too
-    // long for a slot or has an out-of-range token, or `skip` is invalid or a
-    // whole-layer policy.
+    // long for a slot or has an out-of-range token, or `skip` is invalid, a
+    // whole-layer policy or names FFN surrogates (not run in batches yet).
     int32_t add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
     // The same in two parts, so that a long prompt does not hold up the others' steps:
     // join_sequence takes the slot and checks the arguments (no evaluation); prefill

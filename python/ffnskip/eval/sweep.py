@@ -23,6 +23,9 @@ EXTRA_POLICIES = ("cheapest", "cheapest_gate", "budget")
 # ffn_skip's defaults, for the cells that derive a budget from them
 GATE_COLD, GATE_REFRESH = 5, 6
 POLICIES = PAPER_POLICIES + EXTRA_POLICIES
+# With a surrogate file, these also run as "<policy>+sur": the same left-out FFNs, each
+# replaced by its low-rank surrogate.
+SURROGATE_POLICIES = ("ffn_skip", "cheapest", "cheapest_gate")
 RATIOS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40)
 RESULT_FORMAT = "ffnskip-eval"
 NEEDS_ROUGE = ("agreement", "summarize", "mtbench")
@@ -31,13 +34,14 @@ NEEDS_ROUGE = ("agreement", "summarize", "mtbench")
 # ---- cells ------------------------------------------------------------------------
 def make_cells(policies: Sequence[str], ratios: Sequence[float], *, n_layer: int, warmup: int,
                ranking: Sequence[int] | None = None, budget_profiles: Sequence[dict[str, Any]] = (),
-               check_zero: bool = False) -> list[Cell]:
+               check_zero: bool = False, surrogates: str | None = None) -> list[Cell]:
     """The sweep's cells: the full model first, then each policy at each nonzero
     ratio (at ratio 0 too when check_zero, for the policies whose ratio-0 setting is
     not simply the full model), cells that leave prompts alone before those that
     prune them. ``ranking``: layers cheapest first (calibration's single-FFN ablation
     order) for shortgpt and cheapest; ``budget_profiles``: calibration profiles made
-    with max_ppl_increase."""
+    with max_ppl_increase; ``surrogates``: a sidecar file, which adds a "+sur" twin of
+    every cell of SURROGATE_POLICIES."""
     cells = [Cell("full", 0.0, {"policy": "full"})]
     for policy in policies:
         if policy not in POLICIES:
@@ -78,6 +82,9 @@ def make_cells(policies: Sequence[str], ratios: Sequence[float], *, n_layer: int
                                               "warmup": warmup, "seed": 0}))
             elif r > 0 or check_zero:
                 cells.append(Cell(policy, r, {"policy": policy, "target_ratio": r, "warmup": warmup, "seed": 0}))
+    if surrogates:
+        cells += [Cell(c.name + "+sur", c.ratio, dict(c.config, surrogates=os.path.abspath(surrogates)))
+                  for c in cells if c.name in SURROGATE_POLICIES]
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ValueError("repeated policy or ratio in the sweep")
@@ -114,6 +121,7 @@ def run_sweep(
     plots: bool = True,
     progress: bool = True,
     command: str | None = None,
+    surrogates: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run the tasks on every cell; write results.json, results.md, plots/*.png and
     mtbench/*.jsonl under ``out``; return the results.
@@ -203,7 +211,8 @@ def run_sweep(
         calibration = previous.get("calibration", {})
     else:
         cells = make_cells(policies, ratios, n_layer=n_layer, warmup=settings.warmup, ranking=ranking,
-                           budget_profiles=budget_profiles, check_zero=check_zero)
+                           budget_profiles=budget_profiles, check_zero=check_zero,
+                           surrogates=os.fspath(surrogates) if surrogates else None)
 
     # prepared inputs (tokenized once)
     inputs: dict[str, Any] = {}

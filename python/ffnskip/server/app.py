@@ -2,9 +2,12 @@
 (streamed as server-sent events or not), /health, /metrics.
 
 Every failure answers with OpenAI's error body ({"error": {"message", "type", "param",
-"code"}}): 400 bad request, 404 unknown model or route, 413 prompt longer than the
-context, 429 queue full, 500 engine failure. A handler never lets an exception take
-the process down.
+"code"}}): 400 bad request (also a prompt plus max_tokens beyond the context:
+"context_length_exceeded", as OpenAI answers), 401 missing or wrong API key, 404
+unknown model or route, 408 / 413 body too slow / too large, 429 every slot busy and
+the queue full (with Retry-After), 500 engine failure. A handler never lets an
+exception take the process down. Tokenizing and chat-template rendering run on worker
+threads, so a large prompt does not stall the event loop.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..chat import render_chat
+from ..chat import chat_tokens
 from .engine import Engine, Job
+from .guard import DEFAULT_BODY_SECONDS, DEFAULT_MAX_BODY, Gate
 from .schemas import ChatCompletionRequest, CompletionRequest, _Sampling, error_body
 from .slots import QueueFull
 
@@ -106,10 +110,45 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-def create_app(engine: Engine) -> FastAPI:
+def _bad_text(value: Any, path: str) -> Optional[str]:
+    """The path of the first string in a request that UTF-8 cannot encode (a lone
+    surrogate such as "\ud800", which JSON escapes can carry), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = _bad_text(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _bad_text(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _check_text(body: Any) -> None:
+    bad = _bad_text(body.model_dump(exclude_none=True), "")
+    if bad:
+        raise APIError(400, f"{bad}: not valid Unicode text (a lone surrogate such as \\ud800)",
+                       param=bad.split(".")[0].split("[")[0])
+
+
+def create_app(engine: Engine, *, api_key: Optional[str] = None, loopback_only: bool = False,
+               max_body: int = DEFAULT_MAX_BODY, body_seconds: float = DEFAULT_BODY_SECONDS) -> FastAPI:
+    """The app; `api_key` requires `Authorization: Bearer <key>` on every route but
+    /health, `loopback_only` rejects Host headers that are not loopback names (set it
+    when the server listens on loopback: it stops DNS rebinding), `max_body` bounds a
+    request body in bytes."""
     app = FastAPI(title="ffnskip", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.engine = engine
-    app.add_middleware(_CountRequests, engine=engine)
+    app.add_middleware(Gate, api_key=api_key, loopback_only=loopback_only, max_body=max_body,
+                       body_seconds=body_seconds)
+    app.add_middleware(_CountRequests, engine=engine)   # outermost: counts the gate's answers too
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -159,6 +198,7 @@ def create_app(engine: Engine) -> FastAPI:
     # ---- generation ---------------------------------------------------------------
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
+        _check_text(body)
         if body.echo:
             raise APIError(400, "echo is not supported", param="echo")
         if body.suffix:
@@ -169,7 +209,7 @@ def create_app(engine: Engine) -> FastAPI:
                 raise APIError(400, "one prompt per request, please (a list of prompts is not supported)", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
-            tokens = engine.tokenize(prompt, chat=False)
+            tokens = await asyncio.to_thread(engine.tokenize, prompt, chat=False)
         else:
             tokens = list(prompt)
             bad = [t for t in tokens if not 0 <= t < engine.model.n_vocab]
@@ -179,12 +219,13 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        _check_text(body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            text = render_chat(engine.model, messages)
-        except Exception as e:   # template errors (raise_exception, bad roles) are the client's
+            # contents as text, markup as special tokens; a looping template times out
+            tokens = await asyncio.to_thread(chat_tokens, engine.model, messages)
+        except ValueError as e:   # template errors (raise_exception, bad roles) are the client's
             raise APIError(400, f"could not render the chat template: {e}", param="messages")
-        tokens = engine.tokenize(text, chat=True)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await _generate(body, tokens, request, chat=True, default_max_tokens=-1, max_tokens=max_tokens)
 
@@ -197,15 +238,25 @@ def create_app(engine: Engine) -> FastAPI:
             raise APIError(400, "logprobs are not supported", param="logprobs")
         if not tokens:
             raise APIError(400, "the prompt is empty", param="prompt")
+        param = "messages" if chat else "prompt"
         if len(tokens) > engine.n_ctx:
-            raise APIError(413, f"the prompt has {len(tokens)} tokens, more than the context of {engine.n_ctx}",
-                           param="messages" if chat else "prompt", code="context_length_exceeded")
+            raise APIError(400, f"This model's maximum context length is {engine.n_ctx} tokens; the prompt has "
+                                f"{len(tokens)}", param=param, code="context_length_exceeded")
         kwargs, policy = _engine_args(body, max_tokens if max_tokens is not None else body.max_tokens, default_max_tokens)
+        if kwargs["max_tokens"] > 0 and len(tokens) + kwargs["max_tokens"] > engine.n_ctx:
+            # as OpenAI: the prompt plus the completion must fit; no silent clamping
+            raise APIError(400, f"This model's maximum context length is {engine.n_ctx} tokens; you requested "
+                                f"{len(tokens) + kwargs['max_tokens']} ({len(tokens)} in the {param}, "
+                                f"{kwargs['max_tokens']} for the completion)",
+                           param="max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None
+                           else "max_tokens",
+                           code="context_length_exceeded")
 
         try:
             slot = await _acquire(request)
         except QueueFull as e:
-            raise APIError(429, str(e), type_="rate_limit_error", code="queue_full")
+            return JSONResponse(error_body(str(e), "rate_limit_error", None, "queue_full"), status_code=429,
+                                headers={"Retry-After": "1"})
         if slot is None:   # the client left while waiting
             return Response(status_code=499)
         job = engine.start(slot, tokens, kwargs)
@@ -327,7 +378,10 @@ def create_app(engine: Engine) -> FastAPI:
         yield "data: [DONE]\n\n"
 
     async def _collect(job: Job, head: Dict[str, Any], chat: bool, policy: str, request: Request) -> Response:
+        gone = []
+
         def on_gone(_: asyncio.Future) -> None:
+            gone.append(True)
             job.cancel.set()
 
         watcher = asyncio.ensure_future(_wait_disconnect(request))
@@ -343,6 +397,8 @@ def create_app(engine: Engine) -> FastAPI:
             watcher.cancel()
             job.cancel.set()
         result = event[1]
+        if gone:   # nobody to answer; counted as 499 (client closed), not 200
+            return Response(status_code=499)
         finish = _FINISH.get(result.finish_reason, "stop")
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,

@@ -74,8 +74,9 @@ class Engine:
         skip_config(fields)   # validate now: errors become a 400 before a slot is taken
         return fields
 
-    def tokenize(self, text: str, *, chat: bool) -> list[int]:
-        # Chat prompts carry their own special tokens; completions get BOS as the model asks.
+    def tokenize(self, text: str, *, chat: bool = False) -> list[int]:
+        # Completions are text (special-token texts stay text) with BOS as the model asks;
+        # chat prompts come from ffnskip.chat.chat_tokens.
         return self.model.tokenize(text, not chat, chat)
 
     def gauges(self) -> Dict[str, float]:
@@ -93,9 +94,19 @@ class Engine:
             self.pool.release(slot)
             job.finished.set()
 
+        def finish(*event: Any) -> None:
+            # The slot goes back before the request hears "done": a client that sends its
+            # next request as soon as it has the answer must find the slot free.
+            try:
+                loop.call_soon_threadsafe(release)
+            except RuntimeError:   # the loop closed under us (shutdown)
+                pass
+            job.post(*event)
+
         def work() -> None:
             session = slot.session
             cancelled = False
+            pieces = None
             try:
                 pieces = session.stream(list(prompt), **kwargs)   # prefill happens here
                 job.post("started")
@@ -105,19 +116,21 @@ class Engine:
                         cancelled = True
                         break
                     job.post("piece", piece)
-                if not cancelled and session.last_result is not None and session.last_result.finish_reason == "cancelled":
-                    cancelled = True
+                pieces.close()   # the session is done with: nothing below touches it
                 result = session.last_result
+                if not cancelled and result is not None and result.finish_reason == "cancelled":
+                    cancelled = True
                 if result is not None:
                     self.metrics.count_generation(result.stats, cancelled)
-                job.post("done", result)
             except BaseException as e:  # reported to the request, never kills the server
-                job.post("error", e)
-            finally:
                 try:
-                    loop.call_soon_threadsafe(release)
-                except RuntimeError:
+                    if pieces is not None:
+                        pieces.close()
+                except BaseException:
                     pass
+                finish("error", e)
+                return
+            finish("done", result)
 
         self.executor.submit(work)
         return job

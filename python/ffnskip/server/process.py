@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 
 def free_port() -> int:
@@ -21,20 +21,24 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m ffnskip serve MODEL ...` on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, model: str | os.PathLike[str], args: Sequence[str] = (), timeout: float = 60.0) -> None:
+    def __init__(self, model: str | os.PathLike[str], args: Sequence[str] = (), timeout: float = 60.0,
+                 env: Optional[Mapping[str, str]] = None, preexec_fn: Optional[Callable[[], None]] = None) -> None:
         import ffnskip
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         package_root = str(pathlib.Path(ffnskip.__file__).resolve().parent.parent)
-        env = dict(os.environ)
+        base_env = dict(os.environ)
+        base_env.update(env or {})
+        env = base_env
         env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "ffnskip", "serve", os.fspath(model), "--port", str(self.port),
                "--log-level", "warning", *args]
         self._final_output = ""
         self.log = tempfile.TemporaryFile(mode="w+")   # a pipe nobody reads could fill and stall the server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=preexec_fn)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -10,7 +10,8 @@ or with Ray's own CLI:
 A cluster (ffnskip and the model file present on every node):
     ray start --head                           # on the head node
     ray start --address HEAD_IP:6379           # on each worker node
-    python -m ffnskip.server.ray_serve MODEL --address auto --replicas 8 --host 0.0.0.0
+    FFNSKIP_API_KEY=... python -m ffnskip.server.ray_serve MODEL --address auto --replicas 8 --host 0.0.0.0
+(--host 0.0.0.0 listens on every interface: set a key, or keep the port behind a firewall)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ _MISSING = "Ray Serve is not installed: pip install \"ffnskip[ray]\" (or pip ins
 
 def build_deployment(model_path: str, *, replicas: int = 2, slots: int = 1, max_queue: int = 16, n_ctx: int = 0,
                      n_threads: int = 0, skip: Any = None, model_name: Optional[str] = None,
-                     num_cpus: Optional[float] = None) -> Any:
+                     num_cpus: Optional[float] = None, api_key: Optional[str] = None) -> Any:
     """A bound Ray Serve application (pass it to serve.run). Each replica reserves
     `num_cpus` CPUs (default slots x threads per slot) so that Ray spreads replicas
     over the cluster's cores instead of piling them on one machine."""
@@ -45,7 +46,7 @@ def build_deployment(model_path: str, *, replicas: int = 2, slots: int = 1, max_
         from .engine import Engine
 
         return create_app(Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx,
-                                 n_threads=threads, skip=skip, model_name=model_name))
+                                 n_threads=threads, skip=skip, model_name=model_name), api_key=api_key)
 
     class FfnskipReplica:
         pass
@@ -63,7 +64,7 @@ def build_deployment(model_path: str, *, replicas: int = 2, slots: int = 1, max_
 
 def app_builder(args: Mapping[str, str]) -> Any:
     """For `serve run ffnskip.server.ray_serve:app_builder model=PATH replicas=2 ...`."""
-    known = {"model", "replicas", "slots", "queue", "ctx", "threads", "skip", "model_name", "num_cpus"}
+    known = {"model", "replicas", "slots", "queue", "ctx", "threads", "skip", "model_name", "num_cpus", "api_key"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown arguments {sorted(unknown)} (known: {sorted(known)})")
@@ -77,6 +78,7 @@ def app_builder(args: Mapping[str, str]) -> Any:
         max_queue=int(args.get("queue", 16)), n_ctx=int(args.get("ctx", 0)), n_threads=int(args.get("threads", 0)),
         skip=args.get("skip"), model_name=args.get("model_name"),
         num_cpus=float(args["num_cpus"]) if "num_cpus" in args else None,
+        api_key=args.get("api_key") or os.environ.get("FFNSKIP_API_KEY") or None,
     )
 
 
@@ -89,6 +91,11 @@ def run(model_path: str, *, host: str = "127.0.0.1", port: int = 8000, address: 
         from ray import serve
     except ImportError as e:
         raise ImportError(f"{_MISSING} ({e})") from e
+    from .guard import is_loopback
+
+    if not is_loopback(host) and not kwargs.get("api_key"):
+        print(f"ffnskip: WARNING: listening on {host}, a non-loopback address, without an API key: anyone who "
+              "can reach this port can use the model. Set --api-key (or FFNSKIP_API_KEY).", file=sys.stderr, flush=True)
     if not ray.is_initialized():
         ray.init(address=address, **(ray_init or {}))
     serve.start(http_options={"host": host, "port": port})
@@ -115,6 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--model-name")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("FFNSKIP_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $FFNSKIP_API_KEY)")
     p.add_argument("--address", help="Ray cluster to join ('auto' = the one `ray start` made); default: a local instance")
     args = p.parse_args(argv)
     model = args.model
@@ -123,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         model = str(default_model_path())
     run(model, host=args.host, port=args.port, address=args.address, replicas=args.replicas, slots=args.slots,
-        max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=args.skip, model_name=args.model_name)
+        max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=args.skip, model_name=args.model_name,
+        api_key=args.api_key)
     return 0
 
 
