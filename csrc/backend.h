@@ -17,6 +17,7 @@ struct BackendParams {
     int32_t n_batch = 0;
     int32_t n_threads = 1;        // CPU threads for decode
     int32_t n_threads_batch = 1;  // CPU threads for prompt batches
+    int32_t n_slots = 1;          // KV cache regions of n_ctx rows (sequences decoded together)
 };
 
 class Backend {

@@ -10,4 +10,5 @@ void bind_ops(pybind11::module_& m);         // CPU forward-pass kernels (test h
 void bind_gguf(pybind11::module_& m);        // raw GGUF inspection
 void bind_tokenizer(pybind11::module_& m);   // vocabulary-only tokenizer
 void bind_model(pybind11::module_& m);       // Model, Session, params, stats
+void bind_batch(pybind11::module_& m);       // BatchSession (batched decoding)
 }  // namespace ffnskip_py

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
     ffnskip_py::bind_gguf(m);
     ffnskip_py::bind_tokenizer(m);
     ffnskip_py::bind_model(m);
+    ffnskip_py::bind_batch(m);
 }

@@ -23,7 +23,8 @@ CpuForward::CpuForward(const Model::Impl& model, const BackendParams& params) : 
     kv_.n_ctx = n_ctx;
     kv_.n_layer = hp.n_layer;
     kv_.kv_width = hp.n_head_kv * hp.head_dim;
-    const size_t kv_elems = (size_t)hp.n_layer * n_ctx * kv_.kv_width;
+    kv_.n_slots = std::max(params.n_slots, 1);
+    const size_t kv_elems = (size_t)hp.n_layer * kv_.n_slots * n_ctx * kv_.kv_width;
     kv_.k.assign(kv_elems, 0);
     kv_.v.assign(kv_elems, 0);
 

@@ -13,14 +13,20 @@ namespace ffnskip {
 
 // Keys and values of every layer for every position, stored as fp16 (as llama.cpp's
 // default cache type) to halve the memory that attention reads.
+// With several sequence slots (batched decoding) each slot has its own n_ctx rows per
+// layer; `slot` selects the one that k_at / v_at address.
 struct KvCache {
     int32_t n_ctx = 0;
     int32_t n_layer = 0;
     int32_t kv_width = 0;          // n_head_kv * head_dim
-    std::vector<uint16_t> k;       // (n_layer, n_ctx, kv_width)
-    std::vector<uint16_t> v;       // (n_layer, n_ctx, kv_width)
-    uint16_t* k_at(int layer, int pos) { return k.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
-    uint16_t* v_at(int layer, int pos) { return v.data() + ((size_t)layer * n_ctx + pos) * kv_width; }
+    int32_t n_slots = 1;
+    int32_t slot = 0;
+    std::vector<uint16_t> k;       // (n_layer, n_slots, n_ctx, kv_width)
+    std::vector<uint16_t> v;       // (n_layer, n_slots, n_ctx, kv_width)
+    size_t slot_row(int layer, int s, int pos) const { return (((size_t)layer * n_slots + s) * n_ctx + pos) * kv_width; }
+    size_t row(int layer, int pos) const { return slot_row(layer, slot, pos); }
+    uint16_t* k_at(int layer, int pos) { return k.data() + row(layer, pos); }
+    uint16_t* v_at(int layer, int pos) { return v.data() + row(layer, pos); }
 };
 
 // Activation buffers for up to n_batch tokens, allocated once.
@@ -42,6 +48,11 @@ struct RunState {
     std::vector<float> hb2;        // (n_batch, n_ff) up
     std::vector<float> logits;     // (rows asked for, n_vocab): one row until all_logits asks more
     ActRows act;                   // activations converted to a weight's vec_dot type
+    // Batched decoding (forward_rows), grown on first use: per thread, one row's queries
+    // rounded to fp16 (n_head, head_dim) and attention weights (n_head, ctx_pad).
+    std::vector<float> rows_q;
+    std::vector<float> rows_scores;
+    std::vector<int32_t> ffn_rows;   // rows whose FFN runs this layer
 };
 
 class CpuForward : public Backend {
@@ -61,6 +72,22 @@ class CpuForward : public Backend {
     void set_ffn_trace(Session::FfnTrace* trace) override;
     bool runs_surrogates() const override { return true; }
 
+    // Batched decoding over the cache's sequence slots (BackendParams::n_slots):
+    // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
+    // chunk, full model); forward_rows decodes n tokens of n different slots together,
+    // row t at position pos[t] of slot slots[t], and returns the n rows' logits
+    // (n, n_vocab). A row's arithmetic equals a single-sequence decode step's.
+    // skip / skips[t] (may be null = full model): the sequence's schedule; for
+    // forward_rows the caller has called begin_step on each and calls end_step after.
+    // Only FFN skips apply per row (policies that leave whole layers out are refused
+    // by the caller); an FFN's product runs for the rows that need it, and not at all
+    // when none does.
+    const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                              SkipSchedule* skip = nullptr);
+    const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                              SkipSchedule* const* skips = nullptr);
+    int32_t n_slots() const { return kv_.n_slots; }
+
     int32_t n_ctx() const { return kv_.n_ctx; }
     int32_t n_batch() const override { return s_.n_batch; }
     uint64_t kv_bytes() const { return (kv_.k.size() + kv_.v.size()) * sizeof(uint16_t); }
@@ -71,6 +98,7 @@ class CpuForward : public Backend {
     void store_kv(ThreadPool& pool, int layer, int32_t n, int32_t pos, bool xb_converted);
     float* trace_row(std::vector<float>& rows, int il, int32_t pos);
     void record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src);
+    void attention_rows(ThreadPool& pool, int layer, const int32_t* slots, const int32_t* pos, int32_t n);
 
     const Model::Impl& m_;
     KvCache kv_;

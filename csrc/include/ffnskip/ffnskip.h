@@ -16,6 +16,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ffnskip {
@@ -286,5 +287,68 @@ class Session {
 std::vector<std::string> available_backends();
 std::string build_info();   // compiler, SIMD paths compiled in and chosen at run time
 const char* version();
+
+// ---- batched decoding -------------------------------------------------------------
+// Several independent sequences decoded together: each step evaluates one token of
+// every sequence named in it in ONE forward pass (each weight read once for all of
+// them); each sequence has its own KV cache slot of n_ctx rows and its own position.
+// Sequences join (their prompt is evaluated in that slot alone, in chunks of n_batch)
+// and leave between steps. A sequence's logits equal those of the same tokens decoded
+// alone by a Session. Each sequence has its own skip schedule (its own warm-up,
+// refresh and cosine gate on its own residual): an FFN's product runs for the rows
+// that need it, and its weights are not read in a step where no row does. Policies
+// that leave whole layers out (shortgpt, skipdecode) are not supported. CPU backend.
+struct BatchParams {
+    int32_t n_seq = 4;          // sequence slots (the most sequences decoded together)
+    int32_t n_ctx = 0;          // KV cache rows per slot; 0 = min(n_ctx_train, 4096)
+    int32_t n_threads = 0;      // decode threads; 0 = all cores
+    int32_t n_threads_batch = 0;  // prompt-processing threads; 0 = n_threads
+    int32_t n_batch = 512;      // prompt tokens per forward pass
+    std::string backend = "cpu";  // only "cpu" for now
+};
+
+class BatchSession {
+  public:
+    BatchSession(std::shared_ptr<const Model> model, const BatchParams& params = {});
+    ~BatchSession();
+    BatchSession(const BatchSession&) = delete;
+    BatchSession& operator=(const BatchSession&) = delete;
+
+    const Model& model() const;
+    int32_t n_seq() const;                  // slots
+    int32_t n_ctx() const;                  // per slot
+    int32_t n_active() const;               // sequences in the batch now
+
+    // Takes a free slot and evaluates the prompt in it; returns the new sequence's id
+    // (ids are never reused). Its last-token logits are then last_logits(id).
+    // `skip` is the sequence's policy, applied as a Session's generation applies it
+    // (the prompt is its "begin", each step a generated token's decode step).
+    // Throws std::invalid_argument when every slot is taken, the prompt is empty, too
+    // long for a slot or has an out-of-range token, or `skip` is invalid, a
+    // whole-layer policy or names FFN surrogates (not run in batches yet).
+    int32_t add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
+    // The same in two parts, so that a long prompt does not hold up the others' steps:
+    // join_sequence takes the slot and checks the arguments (no evaluation); prefill
+    // evaluates up to max_tokens more of its prompt and returns how many are left
+    // (n_pending). A sequence steps, and has last_logits, once nothing is pending.
+    int32_t join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
+    int32_t prefill(int32_t seq, int32_t max_tokens);
+    int32_t n_pending(int32_t seq) const;
+    void remove_sequence(int32_t seq);      // frees its slot; unknown id: invalid_argument
+    bool has_sequence(int32_t seq) const;
+    std::vector<int32_t> sequences() const; // ids of the active sequences, oldest first
+    int32_t n_past(int32_t seq) const;      // tokens in the sequence's cache
+
+    // One decode step: appends token i to sequence seq_i for each (seq_i, token_i)
+    // (each sequence at most once) in one forward pass. Returns the logits, row i for
+    // pair i: (pairs.size(), n_vocab) row-major, valid until the next call.
+    const std::vector<float>& step(const std::vector<std::pair<int32_t, int32_t>>& pairs);
+    const std::vector<float>& last_logits(int32_t seq) const;   // (n_vocab)
+    const SkipStats& skip_stats(int32_t seq) const;             // its decode steps so far
+
+    struct Impl;
+  private:
+    std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace ffnskip
