@@ -25,6 +25,12 @@ static void tile_row_strip(int64_t nb, const uint8_t* w, size_t ws, const uint8_
                            size_t ys) {
     int t = 0;
     for (; t + K::COLS <= nt; t += K::COLS) K::template run<R, K::COLS>(nb, w, ws, a + t * as, as, y + t * ys, ys);
+    // Batches of a few sequences end here: 4 and 2 tokens at a time still share each
+    // weight load, where one at a time would be slower than a single-token product.
+    if constexpr (K::COLS > 4)
+        if (nt - t >= 4) { K::template run<R, 4>(nb, w, ws, a + t * as, as, y + t * ys, ys); t += 4; }
+    if constexpr (K::COLS > 2)
+        if (nt - t >= 2) { K::template run<R, 2>(nb, w, ws, a + t * as, as, y + t * ys, ys); t += 2; }
     for (; t < nt; t++) K::template run<R, 1>(nb, w, ws, a + t * as, as, y + t * ys, ys);
 }
 

@@ -145,7 +145,7 @@ def squared_error(s: Surrogate, stats: FfnStats) -> float:
     b = s.bias
     cross = float(b @ stats.sum_f) + float(np.einsum("ij,ji->", w, stats.uf))   # sum f.(b + w u)
     pred = (stats.n * float(b @ b) + 2.0 * float(b @ (w @ stats.sum_u))
-            + float(np.einsum("ij,jk,ik->", w, stats.uu, w)))                   # sum |b + w u|^2
+            + float(np.sum((w @ stats.uu) * w)))                               # sum |b + w u|^2
     return max(stats.ff - 2.0 * cross + pred, 0.0)
 
 
