@@ -6,6 +6,7 @@
 #include "cpu/forward-cpu.h"
 #include "cpu/thread-pool.h"
 #include "model/model.h"
+#include "run-params.h"
 #include "skip/skip-policy.h"
 
 namespace ffnskip {
@@ -53,16 +54,11 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     BatchParams p = params;
     if (p.backend != "cpu") throw std::invalid_argument("BatchSession runs on the cpu backend only, not '" + p.backend + "'");
     if (p.n_seq < 1 || p.n_seq > 256) throw std::invalid_argument("n_seq must be in [1, 256], got " + std::to_string(p.n_seq));
-    if (p.n_ctx < 0) throw std::invalid_argument("n_ctx must be >= 0 (0 = the model's, at most 4096), got " + std::to_string(p.n_ctx));
-    if (p.n_ctx == 0) p.n_ctx = std::min(hp.n_ctx_train, 4096);
-    if (p.n_ctx > (1 << 20)) throw std::invalid_argument("n_ctx " + std::to_string(p.n_ctx) + " is larger than 1048576");
-    if (p.n_threads < 0) throw std::invalid_argument("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
-    if (p.n_threads_batch < 0) throw std::invalid_argument("n_threads_batch must be >= 0, got " + std::to_string(p.n_threads_batch));
-    if (p.n_threads > 1024 || p.n_threads_batch > 1024) throw std::invalid_argument("n_threads is larger than 1024");
-    if (p.n_batch < 1) throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(p.n_batch));
-    if (p.n_threads == 0) p.n_threads = default_thread_count();
-    if (p.n_threads_batch == 0) p.n_threads_batch = p.n_threads;
-    p.n_batch = std::min(p.n_batch, p.n_ctx);
+    const RunParams run = resolve_run_params(hp, {p.n_ctx, p.n_threads, p.n_threads_batch, p.n_batch});
+    p.n_ctx = run.n_ctx;
+    p.n_threads = run.n_threads;
+    p.n_threads_batch = run.n_threads_batch;
+    p.n_batch = run.n_batch;
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
     bp.n_ctx = p.n_ctx;

@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "cpu/thread-pool.h"
 #include "model/model.h"
+#include "run-params.h"
 #include "sampling/sampler.h"
 #include "skip/skip-policy.h"
 #include "skip/surrogate.h"
@@ -61,16 +62,11 @@ Session::Session(std::shared_ptr<const Model> model, const SessionParams& params
     if (!model) throw std::invalid_argument("Session needs a model");
     const HParams& hp = model->hparams();
     SessionParams p = params;
-    if (p.n_ctx < 0) throw std::invalid_argument("n_ctx must be >= 0 (0 = the model's, at most 4096), got " + std::to_string(p.n_ctx));
-    if (p.n_ctx == 0) p.n_ctx = std::min(hp.n_ctx_train, 4096);
-    if (p.n_ctx > (1 << 20)) throw std::invalid_argument("n_ctx " + std::to_string(p.n_ctx) + " is larger than 1048576");
-    if (p.n_threads < 0) throw std::invalid_argument("n_threads must be >= 0 (0 = all cores), got " + std::to_string(p.n_threads));
-    if (p.n_threads_batch < 0) throw std::invalid_argument("n_threads_batch must be >= 0, got " + std::to_string(p.n_threads_batch));
-    if (p.n_threads > 1024 || p.n_threads_batch > 1024) throw std::invalid_argument("n_threads is larger than 1024");
-    if (p.n_batch < 1) throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(p.n_batch));
-    if (p.n_threads == 0) p.n_threads = default_thread_count();
-    if (p.n_threads_batch == 0) p.n_threads_batch = p.n_threads;
-    p.n_batch = std::min(p.n_batch, p.n_ctx);
+    const RunParams run = resolve_run_params(hp, {p.n_ctx, p.n_threads, p.n_threads_batch, p.n_batch});
+    p.n_ctx = run.n_ctx;
+    p.n_threads = run.n_threads;
+    p.n_threads_batch = run.n_threads_batch;
+    p.n_batch = run.n_batch;
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
     bp.n_ctx = p.n_ctx;

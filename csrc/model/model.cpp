@@ -35,13 +35,7 @@ void check_shape(const Model::Impl& m, const GgufTensor& t, std::vector<int64_t>
 WeightMatrix matrix(const Model::Impl& m, const std::string& name, int64_t n_in, int64_t n_out) {
     const GgufTensor& t = need_tensor(m, name);
     check_shape(m, t, {n_in, n_out});
-    WeightMatrix w;
-    w.type = t.type;
-    w.n_in = n_in;
-    w.n_out = n_out;
-    w.row_bytes = row_size(t.type, n_in);
-    w.data = t.data;
-    return w;
+    return weight_view(t);
 }
 
 std::vector<float> vector_f32(const Model::Impl& m, const std::string& name, int64_t n) {
@@ -70,6 +64,16 @@ int32_t positive_int(const Model::Impl& m, const std::string& key, int64_t max_v
 }
 
 }  // namespace
+
+WeightMatrix weight_view(const GgufTensor& t) {
+    WeightMatrix w;
+    w.type = t.type;
+    w.n_in = t.ne[0];
+    w.n_out = t.ne.size() > 1 ? t.ne[1] : 1;
+    w.row_bytes = row_size(t.type, w.n_in);
+    w.data = t.data;
+    return w;
+}
 
 void model_load_weights(Model::Impl& m) {
     const GgufFile& f = *m.file;

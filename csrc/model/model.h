@@ -58,6 +58,9 @@ struct Model::Impl {
     uint64_t weight_bytes = 0;
 };
 
+// A 2-D tensor of the mapping as a weight matrix (its shape checked by the caller).
+WeightMatrix weight_view(const GgufTensor& t);
+
 // Reads hyper-parameters and weight views; throws FormatError naming what is missing
 // or mis-shaped.
 void model_load_weights(Model::Impl& m);

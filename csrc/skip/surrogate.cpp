@@ -21,13 +21,7 @@ WeightMatrix surrogate_matrix(const std::string& path, const GgufTensor& t, int6
     if (t.ne.size() != 2 || t.ne[0] != n_in || t.ne[1] != n_out)
         fail(path, "tensor '" + t.name + "' has the wrong shape (expected [" + std::to_string(n_in) + ", " +
                        std::to_string(n_out) + "])");
-    WeightMatrix w;
-    w.type = t.type;
-    w.n_in = n_in;
-    w.n_out = n_out;
-    w.row_bytes = row_size(t.type, n_in);
-    w.data = t.data;
-    return w;
+    return weight_view(t);
 }
 
 }  // namespace
