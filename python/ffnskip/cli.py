@@ -468,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--budgets", default="0.1", help="perplexity budgets of the budget policy (default 0.1 = +10%%)")
     e.add_argument("--profile", help="a calibration profile whose ablation ranking shortgpt and cheapest use "
                                      "(default: calibrate on the built-in text sample)")
-    e.add_argument("--data-dir", default="../shared/data", help="folder with wikitext-2/, mt-bench/, cnn-dailymail/, "
-                                                               "freshqa/ (default ../shared/data)")
+    e.add_argument("--data-dir", default="tests/data/eval", help="folder with wikitext-2/, mt-bench/, cnn-dailymail/, "
+                                                               "freshqa/ (default tests/data/eval, in a checkout)")
     e.add_argument("--out", default="eval-out", help="output folder (default eval-out)")
     e.add_argument("--limit", type=int, help="at most N items per task (N perplexity windows), for quick runs")
     e.add_argument("--warmup", type=int, default=8, help="generated tokens run in full before skipping (default 8)")
