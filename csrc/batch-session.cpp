@@ -54,11 +54,7 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     BatchParams p = params;
     if (p.backend != "cpu") throw std::invalid_argument("BatchSession runs on the cpu backend only, not '" + p.backend + "'");
     if (p.n_seq < 1 || p.n_seq > 256) throw std::invalid_argument("n_seq must be in [1, 256], got " + std::to_string(p.n_seq));
-    const RunParams run = resolve_run_params(hp, {p.n_ctx, p.n_threads, p.n_threads_batch, p.n_batch});
-    p.n_ctx = run.n_ctx;
-    p.n_threads = run.n_threads;
-    p.n_threads_batch = run.n_threads_batch;
-    p.n_batch = run.n_batch;
+    resolve_run_fields(hp, p);
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
     bp.n_ctx = p.n_ctx;

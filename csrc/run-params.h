@@ -18,4 +18,14 @@ struct RunParams {
 // Throws std::invalid_argument naming the setting that is out of range.
 RunParams resolve_run_params(const HParams& hp, RunParams p);
 
+// The same, in place on a params struct with these four fields (SessionParams, BatchParams).
+template <class Params>
+void resolve_run_fields(const HParams& hp, Params& p) {
+    const RunParams r = resolve_run_params(hp, {p.n_ctx, p.n_threads, p.n_threads_batch, p.n_batch});
+    p.n_ctx = r.n_ctx;
+    p.n_threads = r.n_threads;
+    p.n_threads_batch = r.n_threads_batch;
+    p.n_batch = r.n_batch;
+}
+
 }  // namespace ffnskip

@@ -62,11 +62,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionParams& params
     if (!model) throw std::invalid_argument("Session needs a model");
     const HParams& hp = model->hparams();
     SessionParams p = params;
-    const RunParams run = resolve_run_params(hp, {p.n_ctx, p.n_threads, p.n_threads_batch, p.n_batch});
-    p.n_ctx = run.n_ctx;
-    p.n_threads = run.n_threads;
-    p.n_threads_batch = run.n_threads_batch;
-    p.n_batch = run.n_batch;
+    resolve_run_fields(hp, p);
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
     bp.n_ctx = p.n_ctx;
