@@ -1,27 +1,17 @@
 // Session: prompt processing, the decode loop, stop conditions and stats.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <stdexcept>
 
-
 #include "backend.h"
 #include "cpu/thread-pool.h"
+#include "generation.h"
 #include "model/model.h"
 #include "run-params.h"
-#include "sampling/sampler.h"
 #include "skip/skip-policy.h"
 #include "skip/surrogate.h"
-#include "tokenizer/vocab.h"
 
 namespace ffnskip {
-
-namespace {
-double now_seconds() {
-    using clock = std::chrono::steady_clock;
-    return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
-}
-}  // namespace
 
 struct Session::Impl {
     std::shared_ptr<const Model> model;
@@ -32,18 +22,11 @@ struct Session::Impl {
     std::vector<float> last_logits;      // (n_vocab)
 
     // The generation in progress.
-    GenerateParams gen;
-    GenerateResult result;
-    std::unique_ptr<Sampler> sampler;
+    Generation gen;
     std::unique_ptr<SkipSchedule> skip;
-    Utf8Stream utf8;
-    std::vector<int32_t> history;        // prompt + generated tokens, for the penalties
     size_t n_clean = 0;                  // leading cache entries computed by the full model:
                                          // only those may be reused by a later prompt
-    std::string held;                    // text held back: it may begin a stop string
-    bool running = false;
     bool need_eval = false;              // the last sampled token is not in the cache yet
-    double decode_start = 0;
 
     Impl(std::shared_ptr<const Model> mdl, const SessionParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
 
@@ -54,8 +37,7 @@ struct Session::Impl {
     std::unique_ptr<SkipSchedule> make_schedule(const SkipConfig& skip);
     // One decode step g: the skip policy decides which blocks run.
     const float* decode_step(int32_t token, int32_t g, SkipSchedule& sched);
-    void finish(FinishReason reason, std::string& piece);
-    std::string release_text(bool at_end, bool* hit_stop);
+    const SkipStats* skip_stats() const { return skip ? &skip->stats() : nullptr; }
 };
 
 Session::Session(std::shared_ptr<const Model> model, const SessionParams& params) {
@@ -80,13 +62,13 @@ int32_t Session::n_ctx() const { return impl_->params.n_ctx; }
 const char* Session::backend() const { return impl_->forward->name(); }
 int32_t Session::n_past() const { return (int32_t)impl_->cache_tokens.size(); }
 const std::vector<float>& Session::last_logits() const { return impl_->last_logits; }
-const GenerateResult& Session::result() const { return impl_->result; }
-bool Session::finished() const { return !impl_->running; }
+const GenerateResult& Session::result() const { return impl_->gen.result(); }
+bool Session::finished() const { return !impl_->gen.running(); }
 
 void Session::reset() {
     impl_->cache_tokens.clear();
     impl_->n_clean = 0;
-    impl_->running = false;
+    impl_->gen.cancel(impl_->skip_stats());
 }
 
 const SkipConfig& Session::skip_config() const { return impl_->params.skip; }
@@ -121,7 +103,7 @@ Session::FfnTrace Session::trace_ffn(const std::vector<int32_t>& tokens, const S
     trace.h.assign(n_values, 0.0f);
     trace.u.assign(n_values, 0.0f);
     trace.f.assign(n_values, 0.0f);
-    s.running = false;
+    s.gen.cancel(s.skip_stats());
     s.cache_tokens.clear();
     s.n_clean = 0;
     s.forward->set_ffn_trace(&trace);
@@ -144,7 +126,7 @@ double Session::score_continuation(const std::vector<int32_t>& prompt, const std
                                     " tokens do not fit in the context of " + std::to_string(s.params.n_ctx));
     std::unique_ptr<SkipSchedule> owned = s.make_schedule(skip);
     SkipSchedule& sched = *owned;
-    s.running = false;
+    s.gen.cancel(s.skip_stats());
     s.cache_tokens.clear();
     s.n_clean = 0;
     const int32_t n_vocab = s.m.hp.n_vocab;
@@ -227,7 +209,7 @@ const float* Session::Impl::eval(const int32_t* tokens, size_t n, std::vector<fl
 
 const float* Session::eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits) {
     if (tokens.empty()) throw std::invalid_argument("eval: no tokens");
-    impl_->running = false;
+    impl_->gen.cancel(impl_->skip_stats());
     return impl_->eval(tokens.data(), tokens.size(), all_logits);
 }
 
@@ -238,22 +220,11 @@ void Session::begin(const std::string& prompt, const GenerateParams& params) {
 
 void Session::begin_tokens(const std::vector<int32_t>& prompt_tokens, const GenerateParams& params) {
     Impl& s = *impl_;
-    validate_sampling_params(params.sampling);
-    for (const std::string& stop : params.stop)
-        if (stop.empty()) throw std::invalid_argument("stop strings must not be empty");
-    if (prompt_tokens.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
-    if (prompt_tokens.size() > (size_t)s.params.n_ctx)
-        throw std::invalid_argument("the prompt has " + std::to_string(prompt_tokens.size()) +
-                                    " tokens, more than the context of " + std::to_string(s.params.n_ctx) + " (n_ctx)");
-    s.running = false;
-    s.gen = params;
-    s.result = GenerateResult{};
-    s.result.prompt_tokens = prompt_tokens;
-    s.sampler = std::make_unique<Sampler>(params.sampling, s.m.hp.n_vocab);
-    s.skip = s.make_schedule(params.use_session_skip ? s.params.skip : params.skip);
-    s.utf8 = Utf8Stream();
-    s.held.clear();
-    s.history = prompt_tokens;
+    Generation::validate(prompt_tokens, params, s.params.n_ctx);
+    s.gen.cancel(s.skip_stats());
+    auto sched = s.make_schedule(params.use_session_skip ? s.params.skip : params.skip);
+    s.gen.start(prompt_tokens, params, s.m.hp.n_vocab);
+    s.skip = std::move(sched);
 
     // Reuse the longest cached prefix that the full model computed (a pruned prompt or
     // a skipping decode step gives other keys and values); at least one token is
@@ -267,106 +238,32 @@ void Session::begin_tokens(const std::vector<int32_t>& prompt_tokens, const Gene
 
     const double t0 = now_seconds();
     s.eval(prompt_tokens.data() + common, prompt_tokens.size() - common, nullptr, s.skip.get());
-    const double t1 = now_seconds();
-    s.result.stats.n_cached_tokens = (int32_t)common;
-    s.result.stats.n_prompt_tokens = (int32_t)(prompt_tokens.size() - common);
-    s.result.stats.prompt_seconds = t1 - t0;
-    s.decode_start = t1;
     s.need_eval = false;
-    s.running = true;
-    if (params.max_tokens == 0) {
-        std::string ignored;
-        s.finish(FinishReason::length, ignored);
-    }
-}
-
-// Returns the text that can be released now: everything except a tail that could
-// still grow into a stop string. Sets *hit_stop when a stop string is complete.
-std::string Session::Impl::release_text(bool at_end, bool* hit_stop) {
-    *hit_stop = false;
-    size_t cut = std::string::npos;
-    for (const std::string& stop : gen.stop) {
-        size_t at = held.find(stop);
-        if (at != std::string::npos && at < cut) cut = at;
-    }
-    if (cut != std::string::npos) {
-        *hit_stop = true;
-        std::string out = held.substr(0, cut);
-        held.clear();
-        return out;
-    }
-    size_t keep = 0;
-    if (!at_end) {
-        for (const std::string& stop : gen.stop)
-            for (size_t len = std::min(stop.size() - 1, held.size()); len > keep; len--)
-                if (held.compare(held.size() - len, len, stop, 0, len) == 0) {
-                    keep = len;
-                    break;
-                }
-    }
-    std::string out = held.substr(0, held.size() - keep);
-    held.erase(0, held.size() - keep);
-    return out;
-}
-
-void Session::Impl::finish(FinishReason reason, std::string& piece) {
-    if (reason != FinishReason::stop) {
-        held += utf8.flush();
-        bool hit = false;
-        piece += release_text(true, &hit);
-    }
-    result.text += piece;
-    result.finish_reason = reason;
-    result.stats.decode_seconds = now_seconds() - decode_start;
-    if (skip) result.stats.skip = skip->stats();
-    running = false;
+    s.gen.prompt_done(now_seconds() - t0, (int32_t)common, s.skip_stats());
 }
 
 bool Session::step(std::string& piece) {
     Impl& s = *impl_;
     piece.clear();
-    if (!s.running) return false;
-    GenerateResult& r = s.result;
+    if (!s.gen.running()) return false;
     if (s.need_eval) {
         if (s.cache_tokens.size() >= (size_t)s.params.n_ctx) {
-            s.finish(FinishReason::context_full, piece);
+            s.gen.finish(FinishReason::context_full, piece, s.skip_stats());
             return false;
         }
+        const GenerateResult& r = s.gen.result();
         s.decode_step(r.tokens.back(), (int32_t)r.tokens.size() - 1, *s.skip);
         s.need_eval = false;
     }
-    const int32_t token = s.sampler->sample(s.last_logits.data(), s.history);
-    r.tokens.push_back(token);
-    s.history.push_back(token);
-    r.stats.n_generated++;
-    if (!s.gen.ignore_eos && s.model->token_is_eog(token)) {
-        s.finish(FinishReason::eos, piece);
-        return false;
-    }
-    s.held += s.utf8.push(s.model->token_to_piece(token, false));
-    bool hit_stop = false;
-    piece = s.release_text(false, &hit_stop);
-    if (hit_stop) {
-        s.finish(FinishReason::stop, piece);
-        return false;
-    }
-    if (s.gen.max_tokens >= 0 && r.stats.n_generated >= s.gen.max_tokens) {
-        s.finish(FinishReason::length, piece);
-        return false;
-    }
-    r.text += piece;
-    s.need_eval = true;
-    return true;
+    const bool more = s.gen.advance(*s.model, s.last_logits.data(), piece, s.skip_stats());
+    s.need_eval = more;
+    return more;
 }
 
 void Session::cancel() {
-    if (!impl_->running) return;
     // Text held back (a possible stop string, an unfinished UTF-8 sequence) was never
     // delivered: the result keeps only what the caller received.
-    impl_->held.clear();
-    impl_->utf8 = Utf8Stream();
-    std::string piece;
-    impl_->finish(FinishReason::cancelled, piece);
+    impl_->gen.cancel(impl_->skip_stats());
 }
 
 GenerateResult Session::generate(const std::string& prompt, const GenerateParams& params, const TokenCallback& on_token) {
@@ -375,12 +272,12 @@ GenerateResult Session::generate(const std::string& prompt, const GenerateParams
     bool more = !finished();
     while (more) {
         more = step(piece);
-        if (on_token && !on_token(piece, impl_->result.tokens.back()) && more) {
+        if (on_token && !on_token(piece, impl_->gen.last_token()) && more) {
             cancel();
             more = false;
         }
     }
-    return impl_->result;
+    return impl_->gen.result();
 }
 
 }  // namespace ffnskip
