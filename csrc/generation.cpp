@@ -31,6 +31,7 @@ void Generation::start(const std::vector<int32_t>& prompt, const GenerateParams&
     held_.clear();
     history_ = prompt;
     running_ = false;
+    started_ = true;
 }
 
 void Generation::prompt_done(double prompt_seconds, int32_t n_cached, const SkipStats* skip) {
@@ -85,10 +86,18 @@ void Generation::finish(FinishReason reason, std::string& piece, const SkipStats
     result_.stats.decode_seconds = now_seconds() - decode_start_;
     if (skip) result_.stats.skip = *skip;
     running_ = false;
+    started_ = false;
 }
 
 void Generation::cancel(const SkipStats* skip) {
-    if (!running_) return;
+    if (!running_) {
+        if (started_ && result_.finish_reason == FinishReason::none) {   // the prompt never finished
+            result_.finish_reason = FinishReason::cancelled;
+            if (skip) result_.stats.skip = *skip;
+        }
+        started_ = false;
+        return;
+    }
     held_.clear();
     utf8_ = Utf8Stream();
     std::string piece;

@@ -31,7 +31,8 @@ class Generation {
     // Ends the generation for a reason found outside (context_full); `piece` receives
     // the held-back text.
     void finish(FinishReason reason, std::string& piece, const SkipStats* skip);
-    // Ends it as cancelled: text held back was never delivered and is dropped.
+    // Ends it as cancelled: text held back was never delivered and is dropped. A
+    // generation whose prompt was never done ends as cancelled with no tokens.
     void cancel(const SkipStats* skip);
 
     bool running() const { return running_; }
@@ -50,6 +51,7 @@ class Generation {
     std::vector<int32_t> history_;   // prompt + generated tokens, for the penalties
     std::string held_;               // text held back: it may begin a stop string
     bool running_ = false;
+    bool started_ = false;           // start() called, not finished yet
     double decode_start_ = 0;
 };
 

@@ -19,6 +19,7 @@ void bind_batch(py::module_& m) {
         .def_readwrite("n_threads", &BatchParams::n_threads)
         .def_readwrite("n_threads_batch", &BatchParams::n_threads_batch)
         .def_readwrite("n_batch", &BatchParams::n_batch)
+        .def_readwrite("n_prefill_chunk", &BatchParams::n_prefill_chunk)
         .def_readwrite("backend", &BatchParams::backend);
 
     py::class_<BatchSession>(m, "BatchSession")
@@ -60,6 +61,31 @@ void bind_batch(py::module_& m) {
             std::copy(l.begin(), l.end(), out.mutable_data());
             return out;
         }, py::arg("seq"));
+
+    py::class_<BatchGenerator>(m, "BatchGenerator")
+        .def(py::init([](std::shared_ptr<Model> model, const BatchParams& params) {
+                 py::gil_scoped_release release;
+                 return std::make_unique<BatchGenerator>(model, params);
+             }),
+             py::arg("model"), py::arg("params") = BatchParams{})
+        .def_property_readonly("n_seq", &BatchGenerator::n_seq)
+        .def_property_readonly("n_ctx", &BatchGenerator::n_ctx)
+        .def_property_readonly("n_active", &BatchGenerator::n_active)
+        .def_property("skip_config", &BatchGenerator::skip_config, &BatchGenerator::set_skip_config)
+        .def("submit", &BatchGenerator::submit, py::arg("prompt"), py::arg("params"),
+             "Add a request; its prompt is evaluated by the next steps. Returns its id.")
+        .def("step", [](BatchGenerator& self) {
+            std::vector<BatchGenerator::Update> updates;
+            {
+                py::gil_scoped_release release;
+                updates = self.step();
+            }
+            py::list out;
+            for (const BatchGenerator::Update& u : updates) out.append(py::make_tuple(u.id, py::bytes(u.piece), u.finished));
+            return out;
+        }, "One round: prompt chunks, one batched decode step, a sample each. Returns [(id, piece bytes, finished)].")
+        .def("cancel", &BatchGenerator::cancel, py::arg("id"))
+        .def("take_result", &BatchGenerator::take_result, py::arg("id"));
 }
 
 }  // namespace ffnskip_py

@@ -13,12 +13,14 @@ its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode). CPU
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from .session import Completion, completion
 from .skip import SkipSpec, skip_config
 
 
@@ -98,3 +100,129 @@ class BatchSession:
         """Append one token to each named sequence in one forward pass; row i of the
         result is the logits after pairs[i] = (seq, token)."""
         return self._native.step([(int(s), int(t)) for s, t in pairs])
+
+
+class BatchGenerator:
+    """Continuous batching: many generations, one forward pass per step for all of them.
+
+    >>> from ffnskip.batch import BatchGenerator
+    >>> g = BatchGenerator("model.gguf", n_seq=8)
+    >>> replies = g.generate(["Paris is", "Rome is"], max_tokens=32, temperature=0)
+
+    or, driving the rounds yourself (as the server does)::
+
+        a = g.submit("Paris is", max_tokens=32)
+        while g.n_active:
+            for request, piece, finished in g.step():
+                ...
+        g.result(a)   # a Completion
+
+    ``submit`` takes the keyword arguments of :meth:`ffnskip.Session.stream`
+    (sampling, stop, max_tokens, skip, ...). Each round evaluates up to
+    ``n_prefill_chunk`` tokens of the joining prompts (all of them when nothing is
+    decoding), then one batched decode step. A request's tokens equal those of the same
+    request generated alone by a Session with the same seed. Prompts are not cached
+    between requests (a Session reuses its previous prompt's prefix). One thread at a
+    time; CPU only.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | _core.Model,
+        *,
+        n_seq: int = 4,
+        n_ctx: int = 0,
+        n_threads: int = 0,
+        n_threads_batch: int = 0,
+        n_batch: int = 512,
+        n_prefill_chunk: int = 64,
+        skip: SkipSpec = None,
+    ) -> None:
+        from . import checks
+
+        if not isinstance(model, _core.Model):
+            from .models import resolve_model
+
+            model = _core.Model(resolve_model(os.fspath(model)))
+        self.model = model
+        params = _core.BatchParams()
+        for key, value in (("n_seq", n_seq), ("n_ctx", n_ctx), ("n_threads", n_threads),
+                           ("n_threads_batch", n_threads_batch), ("n_batch", n_batch),
+                           ("n_prefill_chunk", n_prefill_chunk)):
+            checks.set_field(params, key, value, "BatchGenerator")
+        self._native = _core.BatchGenerator(model, params)
+        self._native.skip_config = skip_config(skip, model=model)
+        self._lock = threading.Lock()
+        self._delivered: dict[int, list[str]] = {}
+
+    @property
+    def n_seq(self) -> int:
+        return self._native.n_seq
+
+    @property
+    def n_ctx(self) -> int:
+        """KV cache rows of each request."""
+        return self._native.n_ctx
+
+    @property
+    def n_active(self) -> int:
+        """Requests submitted and not finished."""
+        return self._native.n_active
+
+    def _native_call(self, fn: Any, *args: Any) -> Any:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("BatchGenerator is busy in another thread: one thread drives it")
+        try:
+            return fn(*args)
+        finally:
+            self._lock.release()
+
+    def submit(self, prompt: str | Sequence[int], **kwargs: Any) -> int:
+        """Add a request (text or token ids); returns its id. ValueError when every
+        slot is taken (``n_seq``) or an argument is bad."""
+        from . import checks
+        from .session import generate_params
+
+        params = generate_params(self.model, kwargs)
+        if isinstance(prompt, str):
+            tokens = self.model.tokenize(checks.text(prompt, "prompt"), params.add_special, params.parse_special)
+        else:
+            tokens = checks.tokens(prompt, "prompt", self.model.n_vocab)
+        request = self._native_call(self._native.submit, tokens, params)
+        self._delivered[request] = []
+        return request
+
+    def step(self) -> list[tuple[int, str, bool]]:
+        """One round; returns (request, text piece, finished) for every request that
+        produced a token in it."""
+        out = []
+        for request, piece, finished in self._native_call(self._native.step):
+            text = piece.decode("utf-8", errors="replace")   # whole characters only
+            if text:
+                self._delivered[request].append(text)
+            out.append((request, text, finished))
+        return out
+
+    def cancel(self, request: int) -> None:
+        """Finish a request now (its result keeps the text already delivered)."""
+        self._native_call(self._native.cancel, int(request))
+
+    def result(self, request: int) -> Completion:
+        """The Completion of a finished request, once (then the id is forgotten)."""
+        r = self._native_call(self._native.take_result, int(request))
+        delivered = "".join(self._delivered.pop(int(request), []))
+        return completion(r, delivered if r.finish_reason == "cancelled" else None)
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], **kwargs: Any) -> list[Completion]:
+        """Generate a reply to every prompt, ``n_seq`` at a time; replies in order."""
+        waiting = list(enumerate(prompts))[::-1]
+        ids: dict[int, int] = {}
+        results: list[Completion | None] = [None] * len(waiting)
+        while waiting or ids:
+            while waiting and len(ids) < self.n_seq:
+                index, prompt = waiting.pop()
+                ids[self.submit(prompt, **kwargs)] = index
+            for request, _, finished in self.step():
+                if finished:
+                    results[ids.pop(request)] = self.result(request)
+        return [r for r in results if r is not None]

@@ -44,6 +44,39 @@ def _stats_dict(stats: _core.Stats) -> dict[str, Any]:
     }
 
 
+def generate_params(model: _core.Model, kwargs: Mapping[str, Any]) -> _core.GenerateParams:
+    """The native GenerateParams for generation keyword arguments (see Session.stream);
+    TypeError/ValueError name a bad or unknown argument."""
+    params = _core.GenerateParams()
+    sampling = _core.SamplingParams()
+    for key, value in kwargs.items():
+        if key in _SAMPLING_FIELDS:
+            if value is not None:
+                checks.set_field(sampling, key, value, "generation argument")
+        elif key in _GENERATE_FIELDS:
+            if value is not None:
+                checks.set_field(params, key, value, "generation argument")
+        elif key == "stop":
+            if value is not None:
+                params.stop = checks.texts(value, "stop")
+        elif key == "skip":
+            params.use_session_skip = False
+            params.skip = skip_config(value, model=model)
+        else:
+            raise TypeError(f"unknown generation argument {key!r}")
+    if params.max_tokens is not None and params.max_tokens < -1:
+        raise ValueError(f"max_tokens must be >= -1 (-1 = until the context is full), got {params.max_tokens}")
+    params.sampling = sampling
+    return params
+
+
+def completion(result: _core.GenerateResult, text: str | None = None) -> Completion:
+    """A Completion from a native result (``text``: what the caller received, when it
+    differs from the result's)."""
+    return Completion(result.text if text is None else text, list(result.tokens), list(result.prompt_tokens),
+                      result.finish_reason, _stats_dict(result.stats))
+
+
 _BUSY = ("Session is busy in another thread: a Session serves one thread at a time, and an "
          "unfinished stream holds it until it is exhausted, closed or dropped (use one Session per thread)")
 
@@ -199,27 +232,7 @@ class Session:
 
     # ---- generation ---------------------------------------------------------------
     def _params(self, kwargs: Mapping[str, Any]) -> _core.GenerateParams:
-        params = _core.GenerateParams()
-        sampling = _core.SamplingParams()
-        for key, value in kwargs.items():
-            if key in _SAMPLING_FIELDS:
-                if value is not None:
-                    checks.set_field(sampling, key, value, "generation argument")
-            elif key in _GENERATE_FIELDS:
-                if value is not None:
-                    checks.set_field(params, key, value, "generation argument")
-            elif key == "stop":
-                if value is not None:
-                    params.stop = checks.texts(value, "stop")
-            elif key == "skip":
-                params.use_session_skip = False
-                params.skip = skip_config(value, model=self.model)
-            else:
-                raise TypeError(f"unknown generation argument {key!r}")
-        if params.max_tokens is not None and params.max_tokens < -1:
-            raise ValueError(f"max_tokens must be >= -1 (-1 = until the context is full), got {params.max_tokens}")
-        params.sampling = sampling
-        return params
+        return generate_params(self.model, kwargs)
 
     def _checked_prompt(self, prompt: Any) -> str | list[int]:
         if isinstance(prompt, str):
@@ -279,11 +292,10 @@ class Session:
 
     def _record(self, delivered: str) -> Completion:
         r = self._native.result()
-        self.last_stats = _stats_dict(r.stats)
         # A cancelled generation's text is what the caller received: the native
         # result also holds text kept back as a possible stop-string start.
-        text = delivered if r.finish_reason == "cancelled" else r.text
-        self.last_result = Completion(text, list(r.tokens), list(r.prompt_tokens), r.finish_reason, self.last_stats)
+        self.last_result = completion(r, delivered if r.finish_reason == "cancelled" else None)
+        self.last_stats = self.last_result.stats
         return self.last_result
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion:

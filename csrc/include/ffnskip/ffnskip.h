@@ -304,6 +304,8 @@ struct BatchParams {
     int32_t n_threads = 0;      // decode threads; 0 = all cores
     int32_t n_threads_batch = 0;  // prompt-processing threads; 0 = n_threads
     int32_t n_batch = 512;      // prompt tokens per forward pass
+    int32_t n_prefill_chunk = 64;  // BatchGenerator: prompt tokens evaluated per round while
+                                   // other sequences are decoding (bounds their step latency)
     std::string backend = "cpu";  // only "cpu" for now
 };
 
@@ -345,6 +347,56 @@ class BatchSession {
     const std::vector<float>& step(const std::vector<std::pair<int32_t, int32_t>>& pairs);
     const std::vector<float>& last_logits(int32_t seq) const;   // (n_vocab)
     const SkipStats& skip_stats(int32_t seq) const;             // its decode steps so far
+
+    struct Impl;
+  private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// ---- batched generation (continuous batching) ------------------------------------
+// Generations over a BatchSession, for servers: a request joins with its own
+// GenerateParams (sampling, stop strings, max_tokens, skip policy) and leaves when it
+// finishes. Each step() is one round: up to n_prefill_chunk prompt tokens of joining
+// requests (all of them when nothing is decoding), then ONE forward pass that appends
+// the last sampled token of every generating request, then a sample for each. A
+// request's tokens equal those of the same request run alone by a Session (same seed),
+// whatever it is batched with. One thread drives a BatchGenerator.
+class BatchGenerator {
+  public:
+    BatchGenerator(std::shared_ptr<const Model> model, const BatchParams& params = {});
+    ~BatchGenerator();
+    BatchGenerator(const BatchGenerator&) = delete;
+    BatchGenerator& operator=(const BatchGenerator&) = delete;
+
+    const Model& model() const;
+    int32_t n_seq() const;                  // the most requests generating together
+    int32_t n_ctx() const;                  // KV cache rows of each request
+    int32_t n_active() const;               // requests joined and not finished
+
+    // The skip policy of requests whose params.use_session_skip is true.
+    const SkipConfig& skip_config() const;
+    void set_skip_config(const SkipConfig& skip);   // validates
+
+    // Adds a request (its prompt is evaluated by the next step() calls); returns its id.
+    // Throws std::invalid_argument when every slot is taken or an argument is bad
+    // (empty or too long prompt, token out of range, bad sampling or skip settings).
+    int32_t submit(const std::vector<int32_t>& prompt, const GenerateParams& params);
+
+    struct Update {
+        int32_t id;
+        std::string piece;   // text this round released (whole UTF-8 characters; may be "")
+        bool finished;       // its result is ready: take_result(id)
+    };
+    // One round; returns what each request that sampled a token this round produced
+    // (valid until the next call). Nothing to do: returns an empty list at once.
+    const std::vector<Update>& step();
+
+    // Finishes a request now as cancelled (its slot is free at once); its result keeps
+    // only text already delivered. Unknown or finished ids are ignored.
+    void cancel(int32_t id);
+    // The result of a finished request, once; then the id is forgotten.
+    // Throws std::invalid_argument for an id that is unknown or still running.
+    GenerateResult take_result(int32_t id);
 
     struct Impl;
   private:
