@@ -1,11 +1,13 @@
 // BatchGenerator: continuous batching of generations over a BatchSession. Each round
-// evaluates a bounded chunk of the joining requests' prompts, then one batched decode
-// step for every generating request, then samples each one's next token.
+// evaluates a bounded chunk of the joining requests' prompts (a request whose prompt
+// completes samples its first token), then one batched decode step for every other
+// generating request, then samples each one's next token: one token per request and round.
 #include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <string>
 
+#include "batch-session.h"
 #include "generation.h"
 #include "model/model.h"
 #include "skip/skip-policy.h"
@@ -17,6 +19,7 @@ struct Request {
     Generation gen;
     bool prefilled = false;     // its prompt is in the cache: it samples and steps
     bool need_eval = false;     // its last sampled token is not in the cache yet
+    bool fresh = false;         // sampled its first token this round: steps from the next
     double prompt_seconds = 0;
 };
 }  // namespace
@@ -69,6 +72,7 @@ int32_t BatchGenerator::n_active() const { return (int32_t)impl_->active.size();
 const SkipConfig& BatchGenerator::skip_config() const { return impl_->skip; }
 
 void BatchGenerator::set_skip_config(const SkipConfig& skip) {
+    check_batch_skip(skip);
     SkipSchedule check(skip, impl_->model->hparams().n_layer, n_ctx());   // validates
     impl_->skip = skip;
 }
@@ -104,6 +108,7 @@ void BatchGenerator::Impl::prefill_round(int32_t budget) {
             continue;
         }
         sample(id, r, batch.last_logits(id).data());
+        r.fresh = true;
         if (!r.need_eval) {
             retire(it++);
             continue;
@@ -117,7 +122,8 @@ void BatchGenerator::Impl::decode_round() {
     pair_ids.clear();
     for (auto it = active.begin(); it != active.end();) {
         Request& r = it->second;
-        if (!r.need_eval) {
+        if (!r.need_eval || r.fresh) {   // one token per request and round
+            r.fresh = false;
             ++it;
             continue;
         }

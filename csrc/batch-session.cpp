@@ -3,6 +3,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "batch-session.h"
 #include "cpu/forward-cpu.h"
 #include "cpu/thread-pool.h"
 #include "model/model.h"
@@ -47,6 +48,14 @@ struct BatchSession::Impl {
                                         std::to_string(m.hp.n_vocab) + ")");
     }
 };
+
+void check_batch_skip(const SkipConfig& skip) {
+    if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
+        throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
+                                    "' skip policy (it leaves whole layers out); use an FFN policy");
+    if (!skip.surrogates.empty())
+        throw std::invalid_argument("BatchSession does not run FFN surrogates yet (skip.surrogates must be empty)");
+}
 
 BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams& params) {
     if (!model) throw std::invalid_argument("BatchSession needs a model");
@@ -99,11 +108,7 @@ const std::vector<float>& BatchSession::last_logits(int32_t seq) const {
 
 int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
-    if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
-        throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
-                                    "' skip policy (it leaves whole layers out); use an FFN policy");
-    if (!skip.surrogates.empty())
-        throw std::invalid_argument("BatchSession does not run FFN surrogates yet (skip.surrogates must be empty)");
+    check_batch_skip(skip);
     auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)

@@ -51,10 +51,11 @@ def oracle(model_path):
     return Session(Model(str(model_path)), n_ctx=N_CTX)
 
 
-@pytest.fixture(scope="module")
-def server(model_path):
-    """4 slots, a queue of 8."""
-    with ServerProcess(model_path, ["--slots", "4", "--queue", "8", "--ctx", str(N_CTX)]) as s:
+@pytest.fixture(scope="module", params=["batching", "no-batching"])
+def server(request, model_path):
+    """4 slots, a queue of 8: one batch (the default), or a Session per slot."""
+    with ServerProcess(model_path, ["--slots", "4", "--queue", "8", "--ctx", str(N_CTX), f"--{request.param}"]) as s:
+        s.batching = request.param == "batching"
         yield s
         assert s.alive(), s.output()
 
@@ -216,10 +217,18 @@ def test_eight_concurrent_streams(server, oracle, model_id):
                                                        temperature=0, stream=True)
         return "".join(c.choices[0].text for c in stream if c.choices)
 
+    before = metrics(server)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         gots = list(pool.map(run, PROMPTS))
     assert gots == wants
     assert health(server)["slots_busy"] == 0
+    after = metrics(server)
+    steps = after["ffnskip_batch_steps_total"] - before["ffnskip_batch_steps_total"]
+    rows = after["ffnskip_batch_rows_total"] - before["ffnskip_batch_rows_total"]
+    if server.batching:   # 8 requests x 8 tokens on 4 slots: several per forward pass
+        assert rows == 8 * len(PROMPTS) and rows / steps > 2.0
+    else:
+        assert steps == rows == 0
 
 
 def test_health_responsive_during_generation(server, model_id):

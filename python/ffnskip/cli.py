@@ -136,7 +136,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(args.model_pos or args.model, host=args.host, port=args.port, slots=args.slots,
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
           model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
-          max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout)
+          max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout,
+          batching=args.batching, prefill_chunk=args.prefill_chunk)
     return 0
 
 
@@ -393,10 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arg(sv)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--slots", type=int, default=1, help="sessions sharing the model: concurrent generations")
+    sv.add_argument("--slots", type=int, default=1, help="concurrent generations (sequences decoded together)")
     sv.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get HTTP 429")
     sv.add_argument("-c", "--ctx", type=int, default=0, help="context length per slot (0 = model's, at most 4096)")
-    sv.add_argument("-t", "--threads", type=int, default=0, help="threads per slot (0 = cores / slots)")
+    sv.add_argument("-t", "--threads", type=int, default=0,
+                    help="threads (0 = all cores for the batch; cores / slots per session with --no-batching)")
+    sv.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode all slots in one forward pass per step (default); --no-batching: one "
+                         "session per slot, which reuses each slot's previous prompt prefix")
+    sv.add_argument("--prefill-chunk", type=int, default=64,
+                    help="prompt tokens evaluated per step while other requests decode (batching)")
     sv.add_argument("--skip", help="default skip setting: a policy name, a profile .json, or a JSON object of "
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")

@@ -74,3 +74,52 @@ TEST(api_batch_session) {
     bp.backend = "cuda";
     CHECK_THROWS(ffnskip::BatchSession(model, bp), std::invalid_argument, "cpu backend only");
 }
+
+TEST(api_batch_generator) {
+    const char* path = batch_test_model();
+    if (!path) return;
+    auto model = ffnskip::Model::load(path);
+    ffnskip::GenerateParams greedy, sampled;
+    greedy.max_tokens = 6;
+    greedy.sampling.temperature = 0;
+    greedy.ignore_eos = true;
+    sampled = greedy;
+    sampled.sampling.temperature = 0.9f;
+    sampled.sampling.seed = 7;
+    const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3}, {4, 5, 6, 8, 9, 10, 11}};
+    const std::vector<ffnskip::GenerateParams> params = {greedy, sampled};
+
+    std::vector<std::vector<int32_t>> want;
+    for (size_t i = 0; i < prompts.size(); i++) {
+        ffnskip::SessionParams sp;
+        sp.n_ctx = 32;
+        sp.n_threads = 2;
+        ffnskip::Session s(model, sp);
+        s.begin_tokens(prompts[i], params[i]);
+        std::string piece;
+        while (s.step(piece)) {}
+        want.push_back(s.result().tokens);
+    }
+
+    ffnskip::BatchParams bp;
+    bp.n_seq = 2;
+    bp.n_ctx = 32;
+    bp.n_threads = 2;
+    bp.n_prefill_chunk = 2;
+    ffnskip::BatchGenerator g(model, bp);
+    const int32_t a = g.submit(prompts[0], params[0]);
+    g.step();   // a's prompt and first token
+    const int32_t b = g.submit(prompts[1], params[1]);
+    CHECK_THROWS(g.submit({1}, greedy), std::invalid_argument, "sequence slots are taken");
+    int rounds = 0;
+    while (g.n_active() > 0 && rounds++ < 100) {
+        for (const auto& u : g.step()) CHECK(u.id == a || u.id == b, "updates name the requests");
+    }
+    CHECK(g.take_result(a).tokens == want[0], "request a equals a lone Session");
+    CHECK(g.take_result(b).tokens == want[1], "request b equals a lone Session");
+    CHECK_THROWS(g.take_result(a), std::invalid_argument, "no finished request");
+    const int32_t c = g.submit({1, 2}, greedy);
+    g.cancel(c);
+    CHECK(g.take_result(c).finish_reason == ffnskip::FinishReason::cancelled, "cancelled before its prompt");
+    CHECK(g.step().empty() && g.n_active() == 0, "nothing left");
+}

@@ -357,8 +357,10 @@ class BatchSession {
 // Generations over a BatchSession, for servers: a request joins with its own
 // GenerateParams (sampling, stop strings, max_tokens, skip policy) and leaves when it
 // finishes. Each step() is one round: up to n_prefill_chunk prompt tokens of joining
-// requests (all of them when nothing is decoding), then ONE forward pass that appends
-// the last sampled token of every generating request, then a sample for each. A
+// requests (all of them when nothing is decoding; a request whose prompt completes
+// samples its first token), then ONE forward pass that appends the last sampled token
+// of every other generating request, then a sample for each: one token per request
+// and round. A
 // request's tokens equal those of the same request run alone by a Session (same seed),
 // whatever it is batched with. One thread drives a BatchGenerator.
 class BatchGenerator {

@@ -42,8 +42,10 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
           n_ctx: int = 0, n_threads: int = 0, skip: Any = None, model_name: str | None = None,
           log_level: str = "info", api_key: str | None = None, max_body: int | None = None,
           head_timeout: float | None = None, max_waiting: int | None = None,
-          body_timeout: float | None = None) -> None:
-    """Load the model, build `slots` sessions and serve until interrupted.
+          body_timeout: float | None = None, batching: bool = True, prefill_chunk: int = 64) -> None:
+    """Load the model and serve until interrupted: `slots` requests decode together in
+    one batch (one forward pass per step), or, with batching=False, on `slots` sessions
+    of their own.
 
     `api_key` (default: $FFNSKIP_API_KEY) requires `Authorization: Bearer <key>` on every
     route but /health. On a loopback `host` only loopback Host headers are accepted (DNS
@@ -70,14 +72,16 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
     model_path = resolve_model(model_path)
     max_waiting = max_waiting if max_waiting is not None else _default_max_waiting()
     engine = Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
-                    skip=skip, model_name=model_name)
+                    skip=skip, model_name=model_name, batching=batching, prefill_chunk=prefill_chunk)
     from .app import create_app as make
 
     app = make(engine, api_key=api_key, loopback_only=loopback,
                max_body=max_body if max_body is not None else DEFAULT_MAX_BODY,
                body_seconds=body_timeout if body_timeout is not None else DEFAULT_BODY_SECONDS)
-    print(f"ffnskip: serving '{engine.model_id}' on http://{host}:{port}/v1 with {slots} slot(s) x "
-          f"{engine.n_threads} thread(s), n_ctx {engine.n_ctx}, queue {max_queue}, skip policy "
+    layout = (f"a batch of up to {slots} sequence(s) on {engine.n_threads} thread(s)" if engine.batching
+              else f"{slots} session(s) x {engine.n_threads} thread(s)")
+    print(f"ffnskip: serving '{engine.model_id}' on http://{host}:{port}/v1 with {layout}, "
+          f"n_ctx {engine.n_ctx}, queue {max_queue}, skip policy "
           f"{engine.skip_fields['policy']}{', API key required' if api_key else ''}", flush=True)
     protocol = protocol_class(head_timeout if head_timeout is not None else DEFAULT_HEAD_SECONDS, max_waiting)
     try:

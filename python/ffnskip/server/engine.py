@@ -1,10 +1,14 @@
-"""The serving engine: one Model, N Session slots, generations on worker threads.
+"""The serving engine: one Model; N slots = N sequences decoded together.
 
-A generation runs entirely on a worker thread (prefill and every decode step are
-native calls that release the GIL), so the event loop stays free for other requests
-and /health. The thread posts events to an asyncio.Queue: ("started",), ("piece",
-text) ..., then ("done", Completion) or ("error", exception). Setting Job.cancel
-stops the decode after the current token and hands the slot back.
+By default (batching) one scheduler thread drives a BatchGenerator: every step is one
+forward pass for all the requests in flight (server/scheduler.py). Without batching
+each slot is a Session of its own and a generation runs on a worker thread; a Session
+reuses the cached prefix of its previous prompt, which a batch does not.
+
+Either way the native calls release the GIL, so the event loop stays free for other
+requests and /health. A generation posts events to an asyncio.Queue: ("started",),
+("piece", text) ..., then ("done", Completion) or ("error", exception). Setting
+Job.cancel stops it after the current token and hands the slot back.
 """
 from __future__ import annotations
 
@@ -13,23 +17,26 @@ import concurrent.futures
 import os
 import pathlib
 import threading
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from .. import _core
+from ..batch import BatchGenerator
 from ..session import Session
 from ..skip import SkipSpec, config_dict, skip_config
 from .metrics import Metrics
+from .scheduler import Scheduler
 from .slots import Slot, SlotPool
 
 
 class Job:
     """One generation in flight: its event queue and its cancel flag."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, release: Callable[[], None]) -> None:
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self.finished = asyncio.Event()   # set when the slot is back in the pool
+        self._release = release
 
     def post(self, *event: Any) -> None:
         try:
@@ -37,31 +44,59 @@ class Job:
         except RuntimeError:  # the loop closed under us (shutdown)
             self.cancel.set()
 
+    def finish(self, *event: Any) -> None:
+        """The last event ("done" or "error"), from the generating thread. The slot goes
+        back before the request hears it: a client that sends its next request as soon
+        as it has the answer must find the slot free."""
+        def release() -> None:
+            self._release()
+            self.finished.set()
+
+        try:
+            self.loop.call_soon_threadsafe(release)
+        except RuntimeError:   # the loop closed under us (shutdown)
+            pass
+        self.post(*event)
+
 
 class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, slots: int = 1, max_queue: int = 16,
                  n_ctx: int = 0, n_threads: int = 0, skip: SkipSpec = None,
-                 model_name: Optional[str] = None) -> None:
+                 model_name: Optional[str] = None, batching: bool = True,
+                 prefill_chunk: int = 64) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_path = os.fspath(model_path)
         self.model = _core.Model(self.model_path)
         self.model_id = model_name or pathlib.Path(self.model_path).name.removesuffix(".gguf")
+        self.batching = bool(batching)
         if n_threads <= 0:
-            # Each slot's thread pool spins while it works: share the cores out.
-            n_threads = max(1, (os.cpu_count() or 1) // slots)
+            # One batch uses every core; separate sessions each spin a pool: share them out.
+            n_threads = max(1, (os.cpu_count() or 1) // (1 if self.batching else slots))
         self.n_threads = n_threads
         self.skip = skip_config(skip)
         self.skip_fields = config_dict(self.skip)
-        sessions = [Session(self.model, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, skip=self.skip)
-                    for _ in range(slots)]
-        self.n_ctx = sessions[0].n_ctx
-        self.pool = SlotPool([Slot(i, s) for i, s in enumerate(sessions)], max_queue)
         self.metrics = Metrics()
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ffnskip-slot")
+        self.scheduler: Optional[Scheduler] = None
+        self.executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        if self.batching:
+            generator = BatchGenerator(self.model, n_seq=slots, n_ctx=n_ctx, n_threads=n_threads,
+                                       n_prefill_chunk=prefill_chunk, skip=self.skip)
+            self.n_ctx = generator.n_ctx
+            self.pool = SlotPool([Slot(i, None) for i in range(slots)], max_queue)
+            self.scheduler = Scheduler(generator, self.metrics)
+        else:
+            sessions = [Session(self.model, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, skip=self.skip)
+                        for _ in range(slots)]
+            self.n_ctx = sessions[0].n_ctx
+            self.pool = SlotPool([Slot(i, s) for i, s in enumerate(sessions)], max_queue)
+            self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ffnskip-slot")
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
     # ---- requests -> engine arguments ---------------------------------------------
     def request_skip(self, overrides: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -85,52 +120,40 @@ class Engine:
 
     # ---- running ------------------------------------------------------------------
     def start(self, slot: Slot, prompt: Sequence[int], kwargs: Mapping[str, Any]) -> Job:
-        """Run a generation on `slot` in a worker thread; the slot returns to the pool
-        when it ends, fails or is cancelled."""
-        loop = asyncio.get_running_loop()
-        job = Job(loop)
-
-        def release() -> None:
-            self.pool.release(slot)
-            job.finished.set()
-
-        def finish(*event: Any) -> None:
-            # The slot goes back before the request hears "done": a client that sends its
-            # next request as soon as it has the answer must find the slot free.
-            try:
-                loop.call_soon_threadsafe(release)
-            except RuntimeError:   # the loop closed under us (shutdown)
-                pass
-            job.post(*event)
-
-        def work() -> None:
-            session = slot.session
-            cancelled = False
-            pieces = None
-            try:
-                pieces = session.stream(list(prompt), **kwargs)   # prefill happens here
-                job.post("started")
-                for piece in pieces:
-                    if job.cancel.is_set():
-                        pieces.close()   # cancels the native generation
-                        cancelled = True
-                        break
-                    job.post("piece", piece)
-                pieces.close()   # the session is done with: nothing below touches it
-                result = session.last_result
-                if not cancelled and result is not None and result.finish_reason == "cancelled":
-                    cancelled = True
-                if result is not None:
-                    self.metrics.count_generation(result.stats, cancelled)
-            except BaseException as e:  # reported to the request, never kills the server
-                try:
-                    if pieces is not None:
-                        pieces.close()
-                except BaseException:
-                    pass
-                finish("error", e)
-                return
-            finish("done", result)
-
-        self.executor.submit(work)
+        """Run a generation in `slot` (the batch, or the slot's own Session on a worker
+        thread); the slot returns to the pool when it ends, fails or is cancelled."""
+        job = Job(asyncio.get_running_loop(), lambda: self.pool.release(slot))
+        if self.scheduler is not None:
+            self.scheduler.submit(job, prompt, kwargs)
+        else:
+            assert self.executor is not None
+            self.executor.submit(self._run_in_session, slot.session, job, list(prompt), kwargs)
         return job
+
+    def _run_in_session(self, session: Session, job: Job, prompt: list, kwargs: Mapping[str, Any]) -> None:
+        cancelled = False
+        pieces = None
+        try:
+            pieces = session.stream(prompt, **kwargs)   # prefill happens here
+            job.post("started")
+            for piece in pieces:
+                if job.cancel.is_set():
+                    pieces.close()   # cancels the native generation
+                    cancelled = True
+                    break
+                job.post("piece", piece)
+            pieces.close()   # the session is done with: nothing below touches it
+            result = session.last_result
+            if not cancelled and result is not None and result.finish_reason == "cancelled":
+                cancelled = True
+            if result is not None:
+                self.metrics.count_generation(result.stats, cancelled)
+        except BaseException as e:  # reported to the request, never kills the server
+            try:
+                if pieces is not None:
+                    pieces.close()
+            except BaseException:
+                pass
+            job.finish("error", e)
+            return
+        job.finish("done", result)

@@ -18,6 +18,8 @@ class Metrics:
         self.ffn_skipped = 0
         self.cancelled = 0
         self.last_decode_tps = 0.0
+        self.batch_steps = 0       # batched rounds that produced tokens
+        self.batch_rows = 0        # tokens those rounds produced (requests served per round, summed)
 
     def count_request(self, endpoint: str, status: int) -> None:
         with self._lock:
@@ -34,6 +36,11 @@ class Metrics:
                 self.last_decode_tps = float(stats.get("decode_tokens_per_second", 0.0))
             if cancelled:
                 self.cancelled += 1
+
+    def count_batch_step(self, rows: int) -> None:
+        with self._lock:
+            self.batch_steps += 1
+            self.batch_rows += rows
 
     def render(self, gauges: Callable[[], Mapping[str, float]]) -> str:
         """Prometheus text exposition; `gauges()` gives the live slot/queue figures."""
@@ -57,13 +64,15 @@ class Metrics:
                 ("ffnskip_ffn_skip_ratio", "gauge", "Skipped share of FFN blocks over all decode steps so far.", ratio),
                 ("ffnskip_decode_tokens_per_second", "gauge", "Decode speed per request stream, all requests so far.", tps),
                 ("ffnskip_last_decode_tokens_per_second", "gauge", "Decode speed of the last finished request.", self.last_decode_tps),
+                ("ffnskip_batch_steps_total", "counter", "Batched steps (one forward pass for the requests in flight).", self.batch_steps),
+                ("ffnskip_batch_rows_total", "counter", "Tokens produced by batched steps (rows / steps = mean batch size).", self.batch_rows),
             ]
         for name, kind, help_, value in rows:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {_num(value)}"]
         for name, help_, value in (
             ("ffnskip_queue_length", "Requests waiting for a slot.", live["queue_length"]),
             ("ffnskip_slots_busy", "Slots generating now.", live["slots_busy"]),
-            ("ffnskip_slots_total", "Session slots.", live["slots_total"]),
+            ("ffnskip_slots_total", "Slots: requests generating at once.", live["slots_total"]),
             ("ffnskip_queue_limit", "Most requests that may wait for a slot.", live["queue_limit"]),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {_num(value)}"]

@@ -45,8 +45,9 @@ def build_deployment(model_path: str, *, replicas: int = 2, slots: int = 1, max_
         from . import create_app
         from .engine import Engine
 
+        # the replica's slots decode in one batch, on the CPUs it reserved
         return create_app(Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx,
-                                 n_threads=threads, skip=skip, model_name=model_name), api_key=api_key)
+                                 n_threads=max(1, int(cpus)), skip=skip, model_name=model_name), api_key=api_key)
 
     class FfnskipReplica:
         pass
