@@ -1,7 +1,9 @@
-"""Load test of `ffnskip serve` over loopback: requests/s and p50/p95 latency at 1, 2,
-4 and 8 concurrent streaming clients, with FFN skipping off and on.
+"""Load test of `ffnskip serve` over loopback: tokens/s and p50/p95 latency at 1, 2, 4
+and 8 concurrent streaming clients, with FFN skipping off and on, for the batching server
+(all slots in one forward pass per step) and the session-per-slot server (--no-batching),
+each against one client on a one-slot server with all cores.
 
-    python3 bench/bench_server.py [--model M] [--slots 2] [--requests 8]
+    python3 bench/bench_server.py [--model M] [--slots 8] [--clients 1,2,4,8,16] [--requests 16]
 
 Bounded: each level sends `--requests` requests (at least one per client) and stops
 sending new ones after `--level-seconds`. Every request generates exactly
@@ -98,17 +100,33 @@ def _pct(sorted_values: List[float], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
+def serve_levels(model: str, server_args: List[str], levels: List[int], args: argparse.Namespace) -> List[Dict[str, Any]]:
+    rows = []
+    with ServerProcess(model, server_args) as server:
+        with httpx.Client(timeout=300) as http:   # warm-up: page the weights in
+            one_request(server.url, 0, 4, http)
+        for clients in levels:
+            rows.append(run_level(server.url, clients, args.requests, args.max_tokens, args.level_seconds))
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--slots", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="threads per slot (0 = cores / slots)")
+    p.add_argument("--model", help="GGUF file or registry name (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads (0 = the server's default: all cores batched, cores / slots per session)")
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--clients", default="1,2,4,8")
-    p.add_argument("--requests", type=int, default=8, help="requests per level (at least one per client)")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--requests", type=int, default=16, help="requests per level (at least one per client)")
+    p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--level-seconds", type=float, default=60.0, help="no new requests after this long")
     p.add_argument("--skip", default="full,ffn_skip", help="server skip settings to compare, comma-separated")
+    p.add_argument("--modes", default="batching,no-batching",
+                   help="server modes to compare: batching (one forward pass per step for all slots), "
+                        "no-batching (a Session per slot)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="leave out the baseline: one client on a one-slot --no-batching server with all cores")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     model = args.model
@@ -116,27 +134,42 @@ def main() -> int:
         from ffnskip.models import default_model_path
 
         model = str(default_model_path())
+    else:
+        from ffnskip.models import resolve_model
+
+        model = str(resolve_model(model))
     levels = [int(c) for c in args.clients.split(",")]
-    rows = []
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("batching", "no-batching"):
+            p.error(f"--modes: unknown mode {m!r} (batching, no-batching)")
+    rows: List[Dict[str, Any]] = []
+    baseline: Dict[str, float] = {}
     for skip in args.skip.split(","):
-        server_args = ["--slots", str(args.slots), "--queue", "64", "--ctx", str(args.ctx), "--skip", skip]
-        if args.threads:
-            server_args += ["--threads", str(args.threads)]
-        with ServerProcess(model, server_args) as server:
-            with httpx.Client(timeout=300) as http:   # warm-up: page the weights in
-                one_request(server.url, 0, 4, http)
-            for clients in levels:
-                row = {"skip": skip, **run_level(server.url, clients, args.requests, args.max_tokens, args.level_seconds)}
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"\nmodel {os.path.basename(model)}, {args.slots} slots, {os.cpu_count()} cores, "
-          f"{args.max_tokens} tokens per request (streamed, greedy)\n")
-    print("| skip | clients | requests | req/s | tok/s | p50 latency s | p95 latency s | p50 first token s | decode tok/s per stream | FFN skip ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+        common = ["--queue", "64", "--ctx", str(args.ctx), "--skip", skip]
+        if not args.no_baseline:
+            base = serve_levels(model, ["--slots", "1", "--no-batching"] + common, [1], args)[0]
+            baseline[skip] = base["tokens_per_s"]
+            rows.append({"skip": skip, "mode": "baseline", "slots": 1, **base})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for mode in modes:
+            server_args = ["--slots", str(args.slots), f"--{mode}"] + common
+            if args.threads:
+                server_args += ["--threads", str(args.threads)]
+            for row in serve_levels(model, server_args, levels, args):
+                rows.append({"skip": skip, "mode": mode, "slots": args.slots, **row})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for r in rows:
-        print(f"| {r['skip']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
-              f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['ttft_p50_s']:.2f} | {r['per_stream_decode_tps']:.1f} | "
-              f"{r['skip_ratio']:.3f} |")
+        r["vs_baseline"] = r["tokens_per_s"] / baseline[r["skip"]] if r["skip"] in baseline else float("nan")
+    print(f"\nmodel {os.path.basename(model)}, {os.cpu_count()} cores, {args.max_tokens} tokens per request "
+          f"(streamed, greedy); baseline = one client on a one-slot --no-batching server with all cores\n")
+    print("| skip | mode | slots | clients | requests | tok/s | x baseline | p50 latency s | p95 latency s | "
+          "p50 first token s | decode tok/s per stream | FFN skip ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['skip']} | {r['mode']} | {r['slots']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
+              f"{r['vs_baseline']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['ttft_p50_s']:.2f} | "
+              f"{r['per_stream_decode_tps']:.1f} | {r['skip_ratio']:.3f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
