@@ -1,7 +1,7 @@
 """Aggregate decode speed of batched decoding (BatchSession) against one Session.
 
     python bench/bench_batch.py [--model F.gguf] [--threads 2] [--batch 1 2 4 8]
-                                [--tokens 64] [--reps 3] [--skip ffn_skip]
+                                [--tokens 64] [--reps 3] [--skip ffn_skip] [--backend cuda]
 
 For each batch size B, B different prompts join a BatchSession, then --tokens decode
 steps run with all B sequences in every step (greedy tokens); aggregate tokens/s =
@@ -46,8 +46,8 @@ PROMPTS = [
 ]
 
 
-def single_rate(model, prompt, n_tokens, threads, n_ctx):
-    s = ffnskip.Session(model, n_ctx=n_ctx, n_threads=threads)
+def single_rate(model, prompt, n_tokens, threads, n_ctx, backend="cpu"):
+    s = ffnskip.Session(model, n_ctx=n_ctx, n_threads=threads, backend=backend)
     logits = s.eval(prompt)
     t0 = time.perf_counter()
     for _ in range(n_tokens):
@@ -55,9 +55,10 @@ def single_rate(model, prompt, n_tokens, threads, n_ctx):
     return n_tokens / (time.perf_counter() - t0)
 
 
-def batch_run(model, prompts, n_tokens, threads, n_ctx, skip=None):
+def batch_run(model, prompts, n_tokens, threads, n_ctx, skip=None, backend="cpu"):
     """Aggregate tokens/s, share of FFNs skipped, share of FFN reads saved."""
-    b = BatchSession(model, n_seq=len(prompts), n_ctx=n_ctx, n_threads=threads)
+    b = BatchSession(model, n_seq=len(prompts), n_ctx=n_ctx, n_threads=threads, backend=backend,
+                     n_batch=max(512, len(prompts)))
     ids = [b.add_sequence(p, skip=skip) for p in prompts]
     last = [int(np.argmax(b.last_logits(s))) for s in ids]
     t0 = time.perf_counter()
@@ -79,14 +80,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="decode steps per measurement")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip", help="also measure every sequence under this skip policy (e.g. ffn_skip)")
+    ap.add_argument("--backend", default="cpu", help="cpu or cuda (the Session baseline runs there too)")
     args = ap.parse_args()
-    if max(args.batch) > len(PROMPTS):
-        ap.error(f"--batch sizes go up to {len(PROMPTS)} (one prompt each)")
     from ffnskip import models
 
     path = args.model or models.default_model_path()
     model = ffnskip.Model(str(path))
-    prompts = [model.tokenize(p) for p in PROMPTS]
+    # Past the 8 prompts, each again with a number in front: every sequence its own text.
+    texts = [PROMPTS[i % len(PROMPTS)] if i < len(PROMPTS) else f"{i}. {PROMPTS[i % len(PROMPTS)]}"
+             for i in range(max(args.batch))]
+    prompts = [model.tokenize(p) for p in texts]
     n_ctx = max(len(p) for p in prompts) + args.tokens + 8
 
     skip = None
@@ -94,11 +97,12 @@ def main() -> None:
         skip = ffnskip.skip_config(args.skip, model=model, record_masks=True)
     # Every measurement once per round, rounds repeated: a change in the machine's load
     # then touches all of them alike rather than one batch size.
-    runs = {"session": lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx)}
+    be = args.backend
+    runs = {"session": lambda: single_rate(model, prompts[0], args.tokens, args.threads, n_ctx, be)}
     for B in args.batch:
-        runs[("full", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx)
+        runs[("full", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, None, be)
         if skip is not None:
-            runs[("skip", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, skip)
+            runs[("skip", B)] = lambda B=B: batch_run(model, prompts[:B], args.tokens, args.threads, n_ctx, skip, be)
     results: dict = {key: [] for key in runs}
     for rnd in range(args.reps + 1):   # round 0 warms up
         for key, fn in runs.items():
@@ -110,7 +114,7 @@ def main() -> None:
         return statistics.median(r if isinstance(r, float) else r[0] for r in results[key])
 
     base = rate("session")
-    print(f"model: {pathlib.Path(path).name}, threads: {args.threads}, {args.tokens} decode steps, "
+    print(f"model: {pathlib.Path(path).name}, backend: {args.backend}, threads: {args.threads}, {args.tokens} decode steps, "
           f"median of {args.reps} rounds\n")
     head = "| sequences | aggregate tok/s | per sequence tok/s | vs one Session |"
     rule = "|---:|---:|---:|---:|"

@@ -42,6 +42,24 @@ class Backend {
     }
     // Whether left-out FFNs can run surrogates on this backend.
     virtual bool runs_surrogates() const { return false; }
+
+    // Batched decoding over the cache's BackendParams::n_slots sequence slots.
+    // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
+    // chunk); forward_rows decodes n tokens of n different slots together, row t at
+    // position pos[t] of slot slots[t], and returns the n rows' logits (n, n_vocab).
+    // skips[t] (may be null = full model): the sequence's schedule; the caller has called
+    // begin_step on each and calls end_step after. Only FFN skips apply per row; an FFN's
+    // product runs for the rows that need it, and not at all when none does.
+    virtual const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                                      SkipSchedule* skip) {
+        (void)slot, (void)tokens, (void)n, (void)pos, (void)all_logits, (void)skip;
+        throw Error(std::string("the ") + name() + " backend cannot decode batches of sequences");
+    }
+    virtual const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                                      SkipSchedule* const* skips) {
+        (void)tokens, (void)slots, (void)pos, (void)n, (void)skips;
+        throw Error(std::string("the ") + name() + " backend cannot decode batches of sequences");
+    }
 };
 
 // "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws

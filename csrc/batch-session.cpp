@@ -4,8 +4,7 @@
 #include <string>
 
 #include "batch-session.h"
-#include "cpu/forward-cpu.h"
-#include "cpu/thread-pool.h"
+#include "backend.h"
 #include "model/model.h"
 #include "run-params.h"
 #include "skip/skip-policy.h"
@@ -27,7 +26,7 @@ struct BatchSession::Impl {
     std::shared_ptr<const Model> model;
     const Model::Impl& m;
     BatchParams params;
-    std::unique_ptr<CpuForward> forward;
+    std::unique_ptr<Backend> forward;   // with n_seq cache slots
     std::vector<Sequence> slots;     // (n_seq)
     int32_t next_id = 0;
     std::vector<float> step_logits;  // (rows of the last step, n_vocab)
@@ -61,7 +60,6 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     if (!model) throw std::invalid_argument("BatchSession needs a model");
     const HParams& hp = model->hparams();
     BatchParams p = params;
-    if (p.backend != "cpu") throw std::invalid_argument("BatchSession runs on the cpu backend only, not '" + p.backend + "'");
     if (p.n_seq < 1 || p.n_seq > 256) throw std::invalid_argument("n_seq must be in [1, 256], got " + std::to_string(p.n_seq));
     resolve_run_fields(hp, p);
     impl_ = std::make_unique<Impl>(std::move(model), p);
@@ -71,7 +69,7 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     bp.n_threads = p.n_threads;
     bp.n_threads_batch = p.n_threads_batch;
     bp.n_slots = p.n_seq;
-    impl_->forward = std::make_unique<CpuForward>(impl_->m, bp);
+    impl_->forward = make_backend(p.backend, impl_->m, bp);
     impl_->slots.resize(p.n_seq);
 }
 
@@ -109,6 +107,8 @@ const std::vector<float>& BatchSession::last_logits(int32_t seq) const {
 int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
     check_batch_skip(skip);
+    if (!skip.surrogates.empty() && !b.forward->runs_surrogates())
+        throw std::invalid_argument(std::string("the ") + b.forward->name() + " backend does not run FFN surrogates");
     auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)

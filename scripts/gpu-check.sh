@@ -7,7 +7,8 @@
 #
 # Environment: PYTHON (default python3), CUDA_ARCH (default 90-real), BENCH_ARGS (extra
 # arguments for bench/bench_cuda.py), FFNSKIP_GPU_TEST_MODEL (a GGUF for the real-model
-# test when SmolLM2 cannot be fetched), STEPS (default "tests bench profile memcheck":
+# test when SmolLM2 cannot be fetched), STEPS (default "tests bench profile memcheck";
+# "batch" adds batched decoding's benchmark on a 13B-shaped F16 model, BATCH_ARGS):
 # the build always runs; leave steps out to fit a short device lease), PROFILE_TYPES.
 set -u
 out=${1:?usage: scripts/gpu-check.sh OUT_DIR [bench seconds]}
@@ -38,7 +39,7 @@ want() { case " ${STEPS:-tests bench profile memcheck} " in *" $1 "*) return 0 ;
 
 if want tests; then
 stamp "GPU tests"
-"$py" -m pytest tests/test_cuda.py -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
+"$py" -m pytest tests/test_cuda.py tests/test_cuda_batch.py -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|assert" | head -80
 fi
 
@@ -58,6 +59,16 @@ s.eval([1, 2, 3])
 print("decode step logits finite:", bool(np.isfinite(s.eval([4])).all()))
 PY
 ls -l "$out/decode-graph-if.dot" 2>&1; grep -ci "conditional" "$out/decode-graph-if.dot" 2>&1
+fi
+
+if want batch; then
+stamp "batched decoding, 13B shape, F16"
+# Aggregate tok/s of 1-16 sequences in one BatchSession against one Session's decode
+# (target: 16 streams >= 8x one), skipping off and on.
+"$py" bench/random_model.py --shape 13b --type F16 /tmp/ffnskip-13b-f16.gguf > /dev/null 2>&1
+"$py" bench/bench_batch.py --model /tmp/ffnskip-13b-f16.gguf --backend cuda --threads 1 \
+    ${BATCH_ARGS:---batch 1 2 4 8 16 --tokens 32 --reps 2 --skip ffn_skip} 2>&1 | tee "$out/batch.md"
+rm -f /tmp/ffnskip-13b-f16.gguf
 fi
 
 if want bench; then

@@ -151,9 +151,13 @@ def test_bad_input(synthetic_model):
     with pytest.raises(ValueError, match="n_seq"):
         BatchSession(str(path), n_seq=0)
     params = ffnskip._core.BatchParams()
-    params.backend = "cuda"
-    with pytest.raises(ValueError, match="cpu backend only"):
+    params.backend = "tpu"
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         ffnskip._core.BatchSession(b.model, params)
+    if "cuda" not in ffnskip.available_backends():
+        params.backend = "cuda"
+        with pytest.raises(ffnskip.FfnskipError, match="this build of ffnskip has no CUDA backend"):
+            ffnskip._core.BatchSession(b.model, params)
 
 
 def _greedy_single(model, prompt, n):

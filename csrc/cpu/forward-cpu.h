@@ -72,20 +72,12 @@ class CpuForward : public Backend {
     void set_ffn_trace(Session::FfnTrace* trace) override;
     bool runs_surrogates() const override { return true; }
 
-    // Batched decoding over the cache's sequence slots (BackendParams::n_slots):
-    // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
-    // chunk, full model); forward_rows decodes n tokens of n different slots together,
-    // row t at position pos[t] of slot slots[t], and returns the n rows' logits
-    // (n, n_vocab). A row's arithmetic equals a single-sequence decode step's.
-    // skip / skips[t] (may be null = full model): the sequence's schedule; for
-    // forward_rows the caller has called begin_step on each and calls end_step after.
-    // Only FFN skips apply per row (policies that leave whole layers out are refused
-    // by the caller); an FFN's product runs for the rows that need it, and not at all
-    // when none does.
+    // Batched decoding (Backend::forward_slot, forward_rows). A row's arithmetic equals a
+    // single-sequence decode step's.
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
-                              SkipSchedule* skip = nullptr);
+                              SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                              SkipSchedule* const* skips = nullptr);
+                              SkipSchedule* const* skips) override;
     int32_t n_slots() const { return kv_.n_slots; }
 
     int32_t n_ctx() const { return kv_.n_ctx; }

@@ -136,6 +136,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
     const HParams& hp = model.hp;
     n_ctx_ = params.n_ctx;
     n_batch_ = params.n_batch;
+    n_slots_ = std::max(1, params.n_slots);
     kv_width_ = hp.n_head_kv * hp.head_dim;
     use_graph_ = !env_is("FFNSKIP_CUDA_GRAPH", "0");       // "0": launch decode steps one kernel at a time
     fuse_ = !env_is("FFNSKIP_CUDA_FUSE", "0");             // "0": one launch per matrix, as the prompt path
@@ -176,6 +177,9 @@ void CudaForward::release() {
     if (arena_) cudaFree(arena_);
     if (step_host_mem_) cudaFreeHost(step_host_mem_);
     if (logits_host_) cudaFreeHost(logits_host_);
+    if (rows_dev_mem_) cudaFree(rows_dev_mem_);
+    if (rows_host_mem_) cudaFreeHost(rows_host_mem_);
+    rows_dev_mem_ = rows_host_mem_ = nullptr;
     graph_ = nullptr;
     blas_handle_ = nullptr;
     stream_ = body_stream_ = nullptr;
@@ -237,7 +241,7 @@ void CudaForward::allocate_and_upload() {
     const size_t matrices_end = weight_bytes;
     for (const std::vector<float>* v : vectors) weight_bytes += align_up(v->size() * sizeof(float));
 
-    const size_t kv_bytes = 2 * align_up((size_t)hp.n_layer * n_ctx_ * kv_width_ * sizeof(__half));
+    const size_t kv_bytes = 2 * align_up((size_t)hp.n_layer * n_slots_ * n_ctx_ * kv_width_ * sizeof(__half));
     // De-quantized tiles for the prompt GEMMs: at most 32 Mi elements (64 MiB).
     tile_elems_ = std::min<int64_t>(max_quant_elems, (int64_t)32 << 20);
     attn_splits_.n_splits = attention_splits(hp.n_head, device_);
@@ -317,7 +321,7 @@ void CudaForward::allocate_and_upload() {
     rope_.freq_scale = hp.rope_freq_scale;
     rope_.neox = hp.rope_neox;
 
-    const size_t kv_half = (size_t)hp.n_layer * n_ctx_ * kv_width_;
+    const size_t kv_half = (size_t)hp.n_layer * n_slots_ * n_ctx_ * kv_width_;
     k_cache_ = static_cast<__half*>(take(kv_half * sizeof(__half)));
     v_cache_ = static_cast<__half*>(take(kv_half * sizeof(__half)));
     FFNSKIP_CUDA_CHECK(cudaMemset(k_cache_, 0, kv_half * sizeof(__half)));

@@ -60,6 +60,13 @@ class CudaForward : public Backend {
     int32_t n_batch() const override { return n_batch_; }
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits, SkipSchedule* skip,
                          bool decode_step) override;
+    // Batched decoding (forward-rows.cu): eager launches, no graph; RoPE, cache writes
+    // and attention one row at a time over the row's slot, the products over all rows
+    // (cuBLAS beyond one row), each FFN over the rows whose schedule runs it.
+    const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                              SkipSchedule* skip) override;
+    const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                              SkipSchedule* const* skips) override;
 
   private:
     void check_supported() const;
@@ -75,11 +82,16 @@ class CudaForward : public Backend {
     bool project_qkv(const CudaLayer& L, int il, int32_t n, const int* skip_attn, const int* skip_kv,
                      const cuda::Launch& s, bool fold_rope);
     void write_step_plan(const SkipSchedule* skip);
-    __half* k_cache(int layer) const { return k_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
-    __half* v_cache(int layer) const { return v_cache_ + (size_t)layer * n_ctx_ * kv_width_; }
+    // A layer's cache rows of a sequence slot; without a slot, the one forward() uses.
+    __half* k_cache(int layer, int slot) const { return k_cache_ + ((size_t)layer * n_slots_ + slot) * n_ctx_ * kv_width_; }
+    __half* v_cache(int layer, int slot) const { return v_cache_ + ((size_t)layer * n_slots_ + slot) * n_ctx_ * kv_width_; }
+    __half* k_cache(int layer) const { return k_cache(layer, slot_); }
+    __half* v_cache(int layer) const { return v_cache(layer, slot_); }
 
     const Model::Impl& m_;
     int32_t n_ctx_ = 0, n_batch_ = 0, kv_width_ = 0;
+    int32_t n_slots_ = 1;   // sequence slots of the KV cache (batched decoding)
+    int32_t slot_ = 0;      // the slot forward() reads and writes (0 but inside forward_slot)
     int device_ = 0;
     cudaStream_t stream_ = nullptr;
     cuda::Launch launch_;          // prompt batches: stream_, default kernel settings
@@ -105,8 +117,8 @@ class CudaForward : public Backend {
     cuda::DeviceMatrix token_embd_, output_;
     const float* output_norm_ = nullptr;    // (n_embd)
     cuda::RopeParams rope_;
-    __half* k_cache_ = nullptr;             // (n_layer, n_ctx, kv_width)
-    __half* v_cache_ = nullptr;             // (n_layer, n_ctx, kv_width)
+    __half* k_cache_ = nullptr;             // (n_layer, n_slots, n_ctx, kv_width)
+    __half* v_cache_ = nullptr;             // (n_layer, n_slots, n_ctx, kv_width)
     float *x_ = nullptr, *xb_ = nullptr, *xb2_ = nullptr;   // (n_batch, n_embd)
     float *q_ = nullptr, *att_ = nullptr;   // (n_batch, n_head * head_dim)
     float *k_ = nullptr, *v_ = nullptr;     // (n_batch, kv_width)
@@ -123,6 +135,19 @@ class CudaForward : public Backend {
     StepBlock step_h_;
     float* logits_host_ = nullptr;          // (n_batch, n_vocab)
     std::vector<uint8_t> mask_;             // (n_layer) outcome for the schedule
+
+    // Batched decoding's step inputs (RowsBlock::place), device and pinned host: a
+    // separate allocation, made on the first forward_rows.
+    struct RowsBlock {
+        int32_t* pos = nullptr;        // (n_batch) position of each row
+        int32_t* ffn_rows = nullptr;   // (n_layer, n_batch) per layer: the rows whose FFN runs
+        double* cosines = nullptr;     // (n_layer, n_batch) the gate's cosine of each of those rows
+        size_t bytes = 0;
+        void place(void* base, int32_t n_batch, int32_t n_layer);
+    };
+    RowsBlock rows_d_, rows_h_;
+    void* rows_dev_mem_ = nullptr;
+    void* rows_host_mem_ = nullptr;
 };
 
 }  // namespace ffnskip

@@ -306,7 +306,7 @@ class Session(metaclass=_pybind11_type):
                            skip: SkipConfig) -> tuple[float, SkipStats]: ...
     def trace_ffn(self, tokens: Sequence[int], skip: SkipConfig) -> dict[str, npt.NDArray[np.float32]]: ...
 
-# Batched decoding: several sequences, one forward pass per step (CPU; FFN skip policies per sequence).
+# Batched decoding: several sequences, one forward pass per step (CPU or CUDA; FFN skip policies per sequence).
 class BatchParams(metaclass=_pybind11_type):
     n_seq: int              # sequence slots
     n_ctx: int              # KV cache rows per slot; 0 = min(n_ctx_train, 4096)
@@ -314,7 +314,7 @@ class BatchParams(metaclass=_pybind11_type):
     n_threads_batch: int    # prompt threads; 0 = n_threads
     n_batch: int            # prompt tokens per forward pass
     n_prefill_chunk: int    # BatchGenerator: prompt tokens per round while others decode
-    backend: str            # "cpu" only
+    backend: str            # "cpu", "cuda" or "auto"
     def __init__(self) -> None: ...
 
 class BatchSession(metaclass=_pybind11_type):

@@ -8,7 +8,8 @@
 Each sequence has its own KV cache slot and position; sequences join (their prompt is
 evaluated in their slot alone) and leave between steps. A sequence's logits equal those
 of the same tokens decoded alone by :class:`ffnskip.Session`. Each sequence may have
-its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode). CPU only.
+its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode). On the CPU
+(default) or the GPU (``backend="cuda"``, or ``"auto"``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class BatchSession:
         n_threads: int = 0,
         n_threads_batch: int = 0,
         n_batch: int = 512,
+        backend: str = "cpu",
     ) -> None:
         if not isinstance(model, _core.Model):
             from .models import resolve_model  # a path, or a registry name fetched once
@@ -48,6 +50,7 @@ class BatchSession:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.n_batch = n_batch
+        params.backend = backend
         self._native = _core.BatchSession(model, params)
 
     @property
@@ -123,7 +126,7 @@ class BatchGenerator:
     decoding), then one batched decode step. A request's tokens equal those of the same
     request generated alone by a Session with the same seed. Prompts are not cached
     between requests (a Session reuses its previous prompt's prefix). One thread at a
-    time; CPU only.
+    time; CPU or GPU (``backend``).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class BatchGenerator:
         n_batch: int = 512,
         n_prefill_chunk: int = 64,
         skip: SkipSpec = None,
+        backend: str = "cpu",
     ) -> None:
         from . import checks
 
@@ -148,7 +152,7 @@ class BatchGenerator:
         params = _core.BatchParams()
         for key, value in (("n_seq", n_seq), ("n_ctx", n_ctx), ("n_threads", n_threads),
                            ("n_threads_batch", n_threads_batch), ("n_batch", n_batch),
-                           ("n_prefill_chunk", n_prefill_chunk)):
+                           ("n_prefill_chunk", n_prefill_chunk), ("backend", backend)):
             checks.set_field(params, key, value, "BatchGenerator")
         self._native = _core.BatchGenerator(model, params)
         self._native.skip_config = skip_config(skip, model=model)

@@ -71,8 +71,8 @@ TEST(api_batch_session) {
     b.remove_sequence(d);
     CHECK_THROWS(b.add_sequence({1}, layer_skip), std::invalid_argument, "whole layers");
     CHECK_THROWS(b.add_sequence(std::vector<int32_t>(17, 1)), std::invalid_argument, "more than the context of 16");
-    bp.backend = "cuda";
-    CHECK_THROWS(ffnskip::BatchSession(model, bp), std::invalid_argument, "cpu backend only");
+    bp.backend = "tpu";
+    CHECK_THROWS(ffnskip::BatchSession(model, bp), std::invalid_argument, "unknown backend 'tpu'");
 }
 
 TEST(api_batch_generator) {

@@ -297,7 +297,9 @@ const char* version();
 // alone by a Session. Each sequence has its own skip schedule (its own warm-up,
 // refresh and cosine gate on its own residual): an FFN's product runs for the rows
 // that need it, and its weights are not read in a step where no row does. Policies
-// that leave whole layers out (shortgpt, skipdecode) are not supported. CPU backend.
+// that leave whole layers out (shortgpt, skipdecode) are not supported. CPU and CUDA
+// backends (on the GPU a row's logits equal a lone Session's within rounding: the batch
+// multiplies F16 activations with cuBLAS where a lone decode step uses its own kernels).
 struct BatchParams {
     int32_t n_seq = 4;          // sequence slots (the most sequences decoded together)
     int32_t n_ctx = 0;          // KV cache rows per slot; 0 = min(n_ctx_train, 4096)
@@ -306,7 +308,7 @@ struct BatchParams {
     int32_t n_batch = 512;      // prompt tokens per forward pass
     int32_t n_prefill_chunk = 64;  // BatchGenerator: prompt tokens evaluated per round while
                                    // other sequences are decoding (bounds their step latency)
-    std::string backend = "cpu";  // only "cpu" for now
+    std::string backend = "cpu";  // "cpu", "cuda" or "auto" (the GPU when usable)
 };
 
 class BatchSession {

@@ -1,0 +1,189 @@
+// Batched decoding on the GPU: one forward pass for one token of each of several
+// sequences, each in its own KV cache slot at its own position (the CPU's
+// forward-batch.cpp). The matrix products take the rows together (cuBLAS GEMMs beyond
+// one row, so each weight is read once per step for the whole batch); RoPE, the cache
+// writes and attention run one row at a time over the row's slot with the decode
+// kernels. Each row's FFN skip schedule is asked on the host, layer by layer; a layer's
+// FFN runs for the rows that need it, gathered together, and not at all when none
+// does. Where a row's gate wants its cosine the step waits for that layer's cosines.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/attention.cuh"
+#include "cuda/backend-cuda.cuh"
+#include "cuda/cuda-common.cuh"
+#include "cuda/elementwise.cuh"
+#include "cuda/norm.cuh"
+#include "cuda/rope.cuh"
+
+namespace ffnskip {
+
+namespace {
+
+constexpr int ROW_THREADS = 256;
+
+// dst[k] = src[rows[k]] for k < gridDim.x, rows of n floats.
+__global__ void gather_rows_kernel(float* dst, const float* src, const int32_t* rows, int64_t n) {
+    const float* s = src + (int64_t)rows[blockIdx.x] * n;
+    float* d = dst + (int64_t)blockIdx.x * n;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
+}
+
+// x[rows[k]] += f[k], and cosines[k] = cos(x before, x after) summed in double, as the
+// CPU's residual_add_cosine (0 when either is zero).
+__global__ void scatter_add_cosine_kernel(float* x, const float* f, const int32_t* rows, int64_t n, double* cosines) {
+    float* xr = x + (int64_t)rows[blockIdx.x] * n;
+    const float* fr = f + (int64_t)blockIdx.x * n;
+    double ab = 0, aa = 0, bb = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float before = xr[i];
+        const float after = before + fr[i];
+        xr[i] = after;
+        ab += (double)after * before;
+        aa += (double)after * after;
+        bb += (double)before * before;
+    }
+    __shared__ double sums[3][ROW_THREADS / 32];
+    for (int off = 16; off > 0; off /= 2) {
+        ab += __shfl_down_sync(0xffffffffu, ab, off);
+        aa += __shfl_down_sync(0xffffffffu, aa, off);
+        bb += __shfl_down_sync(0xffffffffu, bb, off);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        sums[0][warp] = ab;
+        sums[1][warp] = aa;
+        sums[2][warp] = bb;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        ab = aa = bb = 0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++) {
+            ab += sums[0][w];
+            aa += sums[1][w];
+            bb += sums[2][w];
+        }
+        cosines[blockIdx.x] = (aa == 0 || bb == 0) ? 0.0 : ab / sqrt(aa * bb);
+    }
+}
+
+}  // namespace
+
+void CudaForward::RowsBlock::place(void* base, int32_t n_batch, int32_t n_layer) {
+    uint8_t* p = static_cast<uint8_t*>(base);
+    size_t off = 0;
+    auto take = [&](size_t bytes) { uint8_t* at = p ? p + off : nullptr; off += (bytes + 255) / 256 * 256; return at; };
+    pos = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_batch));
+    ffn_rows = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_batch * n_layer));
+    cosines = reinterpret_cast<double*>(take(sizeof(double) * n_batch * n_layer));
+    bytes = off;
+}
+
+const float* CudaForward::forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
+                                       SkipSchedule* skip) {
+    if (slot < 0 || slot >= n_slots_) throw std::invalid_argument("forward_slot: no slot " + std::to_string(slot));
+    // forward() addresses the cache through slot_; put it back whatever happens (the
+    // captured decode graph holds slot 0's addresses).
+    struct SlotScope {
+        int32_t& slot;
+        ~SlotScope() { slot = 0; }
+    } scope{slot_};
+    slot_ = slot;
+    return forward(tokens, n, pos, all_logits, skip, false);
+}
+
+const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
+                                       SkipSchedule* const* skips) {
+    const HParams& hp = m_.hp;
+    const int64_t D = hp.n_embd;
+    if (n < 1 || n > n_batch_) throw std::invalid_argument("forward_rows: batch of " + std::to_string(n) + " rows");
+    for (int t = 0; t < n; t++) {
+        if (slots[t] < 0 || slots[t] >= n_slots_) throw std::invalid_argument("forward_rows: no slot " + std::to_string(slots[t]));
+        if (pos[t] < 0 || pos[t] >= n_ctx_) throw std::invalid_argument("forward_rows: position past the context");
+        for (int u = 0; u < t; u++)
+            if (slots[u] == slots[t]) throw std::invalid_argument("forward_rows: slot " + std::to_string(slots[t]) + " twice");
+    }
+    if (!rows_dev_mem_) {
+        rows_d_.place(nullptr, n_batch_, hp.n_layer);
+        FFNSKIP_CUDA_CHECK(cudaMalloc(&rows_dev_mem_, rows_d_.bytes));
+        rows_d_.place(rows_dev_mem_, n_batch_, hp.n_layer);
+        FFNSKIP_CUDA_CHECK(cudaMallocHost(&rows_host_mem_, rows_d_.bytes));
+        rows_h_.place(rows_host_mem_, n_batch_, hp.n_layer);
+    }
+    cudaStream_t st = stream_;
+    const cuda::Launch& s = launch_;
+    const int q_width = hp.n_head * hp.head_dim;
+
+    // The step's tokens and positions (pinned, so the copies run asynchronously).
+    std::copy(tokens, tokens + n, step_h_.tokens);
+    std::copy(pos, pos + n, rows_h_.pos);
+    FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(step_d_.tokens, step_h_.tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.pos, rows_h_.pos, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+
+    cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, s);
+    for (int il = 0; il < hp.n_layer; il++) {
+        const CudaLayer& L = layers_[il];
+
+        // ---- attention: h = x + Wo attn(norm(x)), each row over its own slot ----
+        cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, nullptr, s);
+        mul_mat(L.wq, xb_, q_, n, nullptr, s);
+        mul_mat(L.wk, xb_, k_, n, nullptr, s);
+        mul_mat(L.wv, xb_, v_, n, nullptr, s);
+        for (int t = 0; t < n; t++) {
+            float* q = q_ + (size_t)t * q_width;
+            cuda::rope_store_kv(k_ + (size_t)t * kv_width_, v_ + (size_t)t * kv_width_, k_cache(il, slots[t]),
+                                v_cache(il, slots[t]), 1, hp.n_head_kv, rope_, rows_d_.pos + t, nullptr, s, q,
+                                hp.n_head, nullptr, L.bias);
+            cuda::attention(q, k_cache(il, slots[t]), v_cache(il, slots[t]), att_ + (size_t)t * q_width, 1, hp.n_head,
+                            hp.n_head_kv, hp.head_dim, rows_d_.pos + t, nullptr, s);
+        }
+        mul_mat(L.wo, att_, xb2_, n, nullptr, s);
+        cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
+
+        // ---- the skip gate: each row's schedule says whether its FFN runs ----
+        int32_t* rows_h = rows_h_.ffn_rows + (size_t)il * n_batch_;
+        int32_t* rows_d = rows_d_.ffn_rows + (size_t)il * n_batch_;
+        int nr = 0;
+        bool want_cosines = false;
+        for (int t = 0; t < n; t++) {
+            if (skips && skips[t] && !skips[t]->ffn_runs(il)) continue;
+            rows_h[nr++] = t;
+            want_cosines |= skips && skips[t] && skips[t]->wants_cosine(il);
+        }
+        if (nr == 0) continue;   // no row needs this FFN: its weights are not read
+
+        // ---- feed-forward of those rows: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
+        FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d, rows_h, nr * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+        gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
+        mul_mat(L.ffn_gate, xb_, hb_, nr, nullptr, s);
+        mul_mat(L.ffn_up, xb_, hb2_, nr, nullptr, s);
+        cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
+        mul_mat(L.ffn_down, hb_, xb2_, nr, nullptr, s);
+        double* cos_d = rows_d_.cosines + (size_t)il * n_batch_;
+        scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        if (want_cosines) {
+            // The gate's next decisions depend on these: wait for them.
+            double* cos_h = rows_h_.cosines + (size_t)il * n_batch_;
+            FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(cos_h, cos_d, nr * sizeof(double), cudaMemcpyDeviceToHost, st));
+            FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
+            for (int k = 0; k < nr; k++) {
+                SkipSchedule* sk = skips[rows_h[k]];
+                if (sk && sk->wants_cosine(il)) sk->after_ffn(il, cos_h[k]);
+            }
+        }
+    }
+
+    // ---- logits of every row ----
+    cuda::rmsnorm(xb_, x_, output_norm_, n, D, hp.rms_eps, nullptr, s);
+    mul_mat(output_, xb_, logits_, n, nullptr, s);
+    FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_, (size_t)n * hp.n_vocab * sizeof(float),
+                                       cudaMemcpyDeviceToHost, st));
+    FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
+    return logits_host_;
+}
+
+}  // namespace ffnskip

@@ -1,0 +1,123 @@
+"""Batched decoding on the GPU (BatchSession(backend="cuda")) against the numpy
+reference forward and against the CPU's BatchSession, which test_batch.py holds equal,
+bit for bit, to lone Sessions.
+
+The GPU batch multiplies all rows of a step with cuBLAS (F16 activations for F16 and
+the block formats, as its prompt batches do; float for F32) and runs RoPE, the cache
+writes and attention per row with the decode kernels: the reference tolerances are
+test_cuda.py's. Skip decisions that do not depend on the arithmetic (random, layers,
+none) must equal the CPU's exactly; the cosine gate's may differ where a cosine falls
+within rounding of the threshold.
+
+GPU tests skip unless this build has the CUDA backend and a GPU answers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ffnskip
+from ffnskip.batch import BatchGenerator, BatchSession
+from reference_forward import ReferenceModel
+
+SHAPE = dict(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, seed=5)
+PROMPTS = [[5, 17, 33, 100, 200, 7, 9], [250, 3], [44, 12, 8, 1, 99, 31, 64, 2, 77, 150, 11]]
+REF_TOL = {"F32": 1e-3, "BF16": 2e-2}   # others: 5e-3 (relative to max |logit|)
+
+
+@pytest.fixture(scope="module")
+def gpu(synthetic_model):
+    if "cuda" not in ffnskip.available_backends():
+        pytest.skip("this build of ffnskip has no CUDA backend")
+    try:
+        ffnskip.Session(str(synthetic_model(n_embd=256, n_layer=2, n_head=4, weight_type="F16")), n_ctx=32,
+                        backend="cuda")
+    except ffnskip.FfnskipError as e:
+        pytest.skip(f"no usable GPU: {e}")
+
+
+def _close(got: np.ndarray, want: np.ndarray, rel: float, what: str) -> None:
+    scale = float(np.max(np.abs(want)))
+    err = float(np.max(np.abs(got - want)))
+    assert err <= rel * scale, f"{what}: max |diff| {err:.3g} > {rel} * {scale:.3g}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("weight_type", ["F32", "F16", "BF16", "Q8_0", "Q4_1", "Q4_K", "Q6_K"])
+def test_cuda_batch_matches_reference(gpu, synthetic_model, weight_type, arch):
+    """Three sequences in their own slots, joined at different steps, batched steps of
+    three rows and of one row, each row against its own reference forward pass."""
+    kw = {} if arch == "llama" else {"arch": arch}
+    path = str(synthetic_model(weight_type=weight_type, **SHAPE, **kw))
+    tol = REF_TOL.get(weight_type, 5e-3)
+    b = BatchSession(path, n_seq=3, n_ctx=64, n_batch=4, backend="cuda")   # prompts in chunks of 4
+    refs = [ReferenceModel(path, kv_f16=True) for _ in PROMPTS]
+    ids = []
+    for i, p in enumerate(PROMPTS[:2]):
+        ids.append(b.add_sequence(p))
+        _close(b.last_logits(ids[i]), refs[i].forward(p)[-1], tol, f"{weight_type} sequence {i} prompt")
+    rng = np.random.default_rng(2)
+    for k in range(6):
+        if k == 2:   # the third joins mid-stream
+            ids.append(b.add_sequence(PROMPTS[2]))
+            _close(b.last_logits(ids[2]), refs[2].forward(PROMPTS[2])[-1], tol, f"{weight_type} sequence 2 prompt")
+        rows = list(range(len(ids))) if k != 4 else [1]   # step 4: one row alone (matrix-vector kernels)
+        tokens = rng.integers(0, 256, size=len(rows)).tolist()
+        got = b.step([(ids[i], t) for i, t in zip(rows, tokens)])
+        assert got.shape == (len(rows), refs[0].n_vocab)
+        for row, (i, t) in enumerate(zip(rows, tokens)):
+            _close(got[row], refs[i].forward([t])[-1], tol, f"{weight_type} sequence {i} step {k}")
+
+
+def _run(backend: str, model, skips, plan):
+    """Fixed tokens through a batch; each sequence's logits per step and skip masks."""
+    b = BatchSession(model, n_seq=len(skips), n_ctx=64, backend=backend)
+    ids = [b.add_sequence(p, skip=k) for p, k in zip(PROMPTS, skips)]
+    logits = [[] for _ in ids]
+    for k in range(len(plan[0])):
+        got = b.step([(s, plan[i][k]) for i, s in enumerate(ids)])
+        for i in range(len(ids)):
+            logits[i].append(got[i])
+    return logits, [np.asarray(b.skip_stats(s).masks) for s in ids]
+
+
+def test_cuda_batch_per_sequence_skip_equals_cpu(gpu, synthetic_model):
+    """Each row under its own schedule: the masks of random, layers and none equal the
+    CPU batch's exactly; the logits agree within the F32 tolerance."""
+    model = ffnskip.Model(str(synthetic_model(weight_type="F32", **{**SHAPE, "n_layer": 4})))
+    common = dict(cold_start=0, cold_end=0, warmup=0, refresh_every=0, record_masks=True)
+    skips = [ffnskip.skip_config("random", target_ratio=0.5, seed=1, **common),
+             ffnskip.skip_config("layers", layers=[1, 2], **common),
+             ffnskip.skip_config(None, record_masks=True)]
+    plan = np.random.default_rng(3).integers(0, 256, size=(3, 10)).tolist()
+    cpu_logits, cpu_masks = _run("cpu", model, skips, plan)
+    gpu_logits, gpu_masks = _run("cuda", model, skips, plan)
+    for i in range(3):
+        np.testing.assert_array_equal(gpu_masks[i], cpu_masks[i], err_msg=f"sequence {i}")
+        for k in range(10):
+            _close(gpu_logits[i][k], cpu_logits[i][k], 1e-3, f"sequence {i} step {k}")
+    assert 0 < gpu_masks[0].sum() < gpu_masks[0].size and not gpu_masks[2].any()
+
+
+def test_cuda_batch_cosine_gate_follows_cpu(gpu, synthetic_model):
+    """FFN-SkipLLM's gate on each row's own residual: the GPU takes the CPU's decisions
+    but where a cosine is within rounding of the threshold."""
+    model = ffnskip.Model(str(synthetic_model(weight_type="F32", **{**SHAPE, "n_layer": 6})))
+    skips = [ffnskip.skip_config("ffn_skip", warmup=1, threshold=t, cold_start=1, cold_end=1, record_masks=True)
+             for t in (0.5, 0.8, 0.95)]
+    plan = np.random.default_rng(4).integers(0, 256, size=(3, 12)).tolist()
+    _, cpu_masks = _run("cpu", model, skips, plan)
+    _, gpu_masks = _run("cuda", model, skips, plan)
+    agree = np.mean([np.mean(g == c) for g, c in zip(gpu_masks, cpu_masks)])
+    assert agree >= 0.95, f"GPU and CPU gate decisions agree on {agree:.1%}"
+    assert sum(m.sum() for m in gpu_masks) > 0
+
+
+def test_cuda_batch_generator_greedy(gpu, synthetic_model):
+    """BatchGenerator on the GPU: greedy continuations of three prompts equal the CPU
+    generator's (F32 weights, where both backends agree to 1e-3)."""
+    path = str(synthetic_model(weight_type="F32", **SHAPE))
+    want = BatchGenerator(path, n_seq=3, n_ctx=64).generate(PROMPTS, max_tokens=8, temperature=0, ignore_eos=True)
+    got = BatchGenerator(path, n_seq=3, n_ctx=64, backend="cuda").generate(PROMPTS, max_tokens=8, temperature=0,
+                                                                           ignore_eos=True)
+    assert [c.tokens for c in got] == [c.tokens for c in want]
