@@ -184,3 +184,19 @@ def test_one_thread_at_a_time(model):
     with g._lock:   # as if another thread were inside step()
         with pytest.raises(RuntimeError, match="busy in another thread"):
             g.step()
+
+
+def test_backend_is_checked(model, smollm2_q4_1):
+    """The generator and the server's engine take the backend by name; one this build or
+    machine cannot run is a clear error at construction."""
+    from ffnskip.server.engine import Engine
+
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        BatchGenerator(model, n_seq=2, n_ctx=64, backend="tpu")
+    assert BatchGenerator(model, n_seq=2, n_ctx=64, backend="auto").n_seq == 2
+    if "cuda" not in ffnskip.available_backends():
+        with pytest.raises(ffnskip.FfnskipError, match="no CUDA backend"):
+            BatchGenerator(model, n_seq=2, n_ctx=64, backend="cuda")
+        for batching in (True, False):
+            with pytest.raises(ffnskip.FfnskipError, match="no CUDA backend"):
+                Engine(smollm2_q4_1, slots=2, n_ctx=64, backend="cuda", batching=batching)

@@ -137,7 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
           model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
           max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout,
-          batching=args.batching, prefill_chunk=args.prefill_chunk)
+          batching=args.batching, prefill_chunk=args.prefill_chunk, backend=args.backend)
     return 0
 
 
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "session per slot, which reuses each slot's previous prompt prefix")
     sv.add_argument("--prefill-chunk", type=int, default=64,
                     help="prompt tokens evaluated per step while other requests decode (batching)")
+    sv.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where the model runs (auto: the GPU when usable)")
     sv.add_argument("--skip", help="default skip setting: a policy name, a profile .json, or a JSON object of "
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")

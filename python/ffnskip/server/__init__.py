@@ -42,7 +42,8 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
           n_ctx: int = 0, n_threads: int = 0, skip: Any = None, model_name: str | None = None,
           log_level: str = "info", api_key: str | None = None, max_body: int | None = None,
           head_timeout: float | None = None, max_waiting: int | None = None,
-          body_timeout: float | None = None, batching: bool = True, prefill_chunk: int = 64) -> None:
+          body_timeout: float | None = None, batching: bool = True, prefill_chunk: int = 64,
+          backend: str = "cpu") -> None:
     """Load the model and serve until interrupted: `slots` requests decode together in
     one batch (one forward pass per step), or, with batching=False, on `slots` sessions
     of their own.
@@ -72,7 +73,8 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
     model_path = resolve_model(model_path)
     max_waiting = max_waiting if max_waiting is not None else _default_max_waiting()
     engine = Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
-                    skip=skip, model_name=model_name, batching=batching, prefill_chunk=prefill_chunk)
+                    skip=skip, model_name=model_name, batching=batching, prefill_chunk=prefill_chunk,
+                    backend=backend)
     from .app import create_app as make
 
     app = make(engine, api_key=api_key, loopback_only=loopback,

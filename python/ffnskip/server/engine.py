@@ -63,7 +63,7 @@ class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, slots: int = 1, max_queue: int = 16,
                  n_ctx: int = 0, n_threads: int = 0, skip: SkipSpec = None,
                  model_name: Optional[str] = None, batching: bool = True,
-                 prefill_chunk: int = 64) -> None:
+                 prefill_chunk: int = 64, backend: str = "cpu") -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_path = os.fspath(model_path)
@@ -81,12 +81,13 @@ class Engine:
         self.executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         if self.batching:
             generator = BatchGenerator(self.model, n_seq=slots, n_ctx=n_ctx, n_threads=n_threads,
-                                       n_prefill_chunk=prefill_chunk, skip=self.skip)
+                                       n_prefill_chunk=prefill_chunk, skip=self.skip, backend=backend)
             self.n_ctx = generator.n_ctx
             self.pool = SlotPool([Slot(i, None) for i in range(slots)], max_queue)
             self.scheduler = Scheduler(generator, self.metrics)
         else:
-            sessions = [Session(self.model, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, skip=self.skip)
+            sessions = [Session(self.model, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, skip=self.skip,
+                                backend=backend)
                         for _ in range(slots)]
             self.n_ctx = sessions[0].n_ctx
             self.pool = SlotPool([Slot(i, s) for i, s in enumerate(sessions)], max_queue)
