@@ -79,6 +79,7 @@ class CudaForward : public Backend {
     void mul_mat(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n, const int* skip,
                  const cuda::Launch& s);
     void gemm(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);
+    void mul_rows(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n);   // batched decoding
     bool project_qkv(const CudaLayer& L, int il, int32_t n, const int* skip_attn, const int* skip_kv,
                      const cuda::Launch& s, bool fold_rope);
     void write_step_plan(const SkipSchedule* skip);

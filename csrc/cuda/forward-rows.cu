@@ -1,7 +1,8 @@
 // Batched decoding on the GPU: one forward pass for one token of each of several
 // sequences, each in its own KV cache slot at its own position (the CPU's
 // forward-batch.cpp). The matrix products take the rows together (cuBLAS GEMMs beyond
-// one row, so each weight is read once per step for the whole batch); RoPE, the cache
+// one row, so each weight is read once per step for the whole batch; a few rows of
+// quantized weights take the decode kernel once per row, see mul_rows); RoPE, the cache
 // writes and attention run one row at a time over the row's slot with the decode
 // kernels. Each row's FFN skip schedule is asked on the host, layer by layer; a layer's
 // FFN runs for the rows that need it, gathered together, and not at all when none
@@ -68,7 +69,21 @@ __global__ void scatter_add_cosine_kernel(float* x, const float* f, const int32_
     }
 }
 
+bool is_dense(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
 }  // namespace
+
+// y = x W^T for n rows. Quantized weights reach cuBLAS through an F16 copy (read b bytes
+// per weight, write and read 2 + 2): below n = 1 + 4 / b rows, n passes of the decode
+// kernel over the b bytes cost less.
+void CudaForward::mul_rows(const cuda::DeviceMatrix& W, const float* x, float* y, int32_t n) {
+    const double bytes_per_weight = (double)W.row_bytes / (double)W.n_in;
+    if (n > 1 && !is_dense(W.type) && n < 1.0 + 4.0 / bytes_per_weight) {
+        for (int t = 0; t < n; t++) cuda::matvec(W, x + (size_t)t * W.n_in, y + (size_t)t * W.n_out, nullptr, launch_);
+        return;
+    }
+    mul_mat(W, x, y, n, nullptr, launch_);
+}
 
 void CudaForward::RowsBlock::place(void* base, int32_t n_batch, int32_t n_layer) {
     uint8_t* p = static_cast<uint8_t*>(base);
@@ -127,9 +142,9 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
 
         // ---- attention: h = x + Wo attn(norm(x)), each row over its own slot ----
         cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, nullptr, s);
-        mul_mat(L.wq, xb_, q_, n, nullptr, s);
-        mul_mat(L.wk, xb_, k_, n, nullptr, s);
-        mul_mat(L.wv, xb_, v_, n, nullptr, s);
+        mul_rows(L.wq, xb_, q_, n);
+        mul_rows(L.wk, xb_, k_, n);
+        mul_rows(L.wv, xb_, v_, n);
         for (int t = 0; t < n; t++) {
             float* q = q_ + (size_t)t * q_width;
             cuda::rope_store_kv(k_ + (size_t)t * kv_width_, v_ + (size_t)t * kv_width_, k_cache(il, slots[t]),
@@ -138,7 +153,7 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
             cuda::attention(q, k_cache(il, slots[t]), v_cache(il, slots[t]), att_ + (size_t)t * q_width, 1, hp.n_head,
                             hp.n_head_kv, hp.head_dim, rows_d_.pos + t, nullptr, s);
         }
-        mul_mat(L.wo, att_, xb2_, n, nullptr, s);
+        mul_rows(L.wo, att_, xb2_, n);
         cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
 
         // ---- the skip gate: each row's schedule says whether its FFN runs ----
@@ -158,10 +173,10 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
         FFNSKIP_CUDA_CHECK(cudaGetLastError());
         cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
-        mul_mat(L.ffn_gate, xb_, hb_, nr, nullptr, s);
-        mul_mat(L.ffn_up, xb_, hb2_, nr, nullptr, s);
+        mul_rows(L.ffn_gate, xb_, hb_, nr);
+        mul_rows(L.ffn_up, xb_, hb2_, nr);
         cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
-        mul_mat(L.ffn_down, hb_, xb2_, nr, nullptr, s);
+        mul_rows(L.ffn_down, hb_, xb2_, nr);
         double* cos_d = rows_d_.cosines + (size_t)il * n_batch_;
         scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
         FFNSKIP_CUDA_CHECK(cudaGetLastError());
@@ -179,7 +194,7 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
 
     // ---- logits of every row ----
     cuda::rmsnorm(xb_, x_, output_norm_, n, D, hp.rms_eps, nullptr, s);
-    mul_mat(output_, xb_, logits_, n, nullptr, s);
+    mul_rows(output_, xb_, logits_, n);
     FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_, (size_t)n * hp.n_vocab * sizeof(float),
                                        cudaMemcpyDeviceToHost, st));
     FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
