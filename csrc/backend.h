@@ -42,6 +42,10 @@ class Backend {
     }
     // Whether left-out FFNs can run surrogates on this backend.
     virtual bool runs_surrogates() const { return false; }
+    // Called when a schedule with this set is made, before it runs: a device backend
+    // uploads the weights here (once per set). The schedule's set is the one forward
+    // then finds in `skip`.
+    virtual void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) { (void)set; }
 };
 
 // "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws
