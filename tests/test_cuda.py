@@ -462,10 +462,10 @@ def test_surrogate_sets_change_between_generations(gpu, synthetic_model, tmp_pat
 
 @pytest.mark.slow
 def test_real_model_surrogate_perplexity_matches_cpu(gpu, real_model, tmp_path):
-    """SmolLM2 with surrogates fitted on a few hundred tokens of its own trace: the
-    perplexity with the ffn_skip gate and with the cheapest-style fixed set is the CPU's
-    within the quantized-weights tolerance, the same number of surrogates run, and they
-    help (lower perplexity than the same policy without them)."""
+    """SmolLM2 (or a 10-layer cut of it) with surrogates fitted on 400 tokens of its own
+    trace, scored on those tokens: with the ffn_skip gate and with a fixed set, the GPU's
+    likelihood and the surrogates' gain over plain skipping are the CPU's up to the
+    quantized-weights tolerance, and about as many surrogates run."""
     from ffnskip import surrogate as sg
     from ffnskip.calibrate import sample_text
     from ffnskip.perplexity import perplexity
@@ -482,15 +482,19 @@ def test_real_model_surrogate_perplexity_matches_cpu(gpu, real_model, tmp_path):
         fitted[il] = sg.fit(stats, rank=32, ridge=1e-2)
     path = tmp_path / "real.surrogates.gguf"
     sg.save(path, fitted, n_embd=n_embd, n_layer=n_layer)
-    for skip in (dict(policy="ffn_skip", target_ratio=0.2), dict(policy="layers", layers=[n_layer // 3, n_layer // 2, 2 * n_layer // 3])):
+    for skip in (dict(policy="ffn_skip", target_ratio=0.2, cold_start=1, cold_end=1), dict(policy="layers", layers=[n_layer // 3, n_layer // 2, 2 * n_layer // 3])):
         res = {}
         for backend in ("cpu", "cuda"):
             s = ffnskip.Session(str(real_model), n_ctx=512, backend=backend)
             res[backend] = perplexity(s, ids, skip=dict(skip, surrogates=str(path)), ctx=128)
             res[backend + " plain"] = perplexity(s, ids, skip=skip, ctx=128)
         print(f"\n{skip}: {res}")
-        assert res["cuda"]["ppl"] == pytest.approx(res["cpu"]["ppl"], rel=0.05), (skip, res)
-        assert res["cuda"]["ppl"] < res["cuda plain"]["ppl"]
+        # Compared in summed NLL: the CPU's 8-bit activations move it by well under 1%; the
+        # gate may decide a near-threshold step differently, hence the margins.
+        assert res["cuda"]["nll"] == pytest.approx(res["cpu"]["nll"], rel=0.01), (skip, res)
+        gain_cpu = res["cpu plain"]["nll"] - res["cpu"]["nll"]
+        gain_gpu = res["cuda plain"]["nll"] - res["cuda"]["nll"]
+        assert gain_cpu > 0 and gain_gpu == pytest.approx(gain_cpu, rel=0.3), (skip, res)
         assert res["cpu"]["surrogates_run"] > 0
         assert abs(res["cuda"]["surrogates_run"] - res["cpu"]["surrogates_run"]) <= 0.1 * res["cpu"]["surrogates_run"]
 
