@@ -40,8 +40,10 @@ class Backend {
     virtual void set_ffn_trace(Session::FfnTrace* trace) {
         if (trace) throw Error(std::string("the ") + name() + " backend cannot record FFN traces; use backend='cpu'");
     }
-    // Whether left-out FFNs can run surrogates on this backend.
+    // Whether left-out FFNs can run surrogates on this backend (forward), and in batches
+    // (forward_rows).
     virtual bool runs_surrogates() const { return false; }
+    virtual bool runs_surrogates_in_batches() const { return false; }
 
     // Batched decoding over the cache's BackendParams::n_slots sequence slots.
     // forward_slot evaluates n tokens of one slot at positions pos .. pos+n-1 (a prompt
@@ -60,6 +62,10 @@ class Backend {
         (void)tokens, (void)slots, (void)pos, (void)n, (void)skips;
         throw Error(std::string("the ") + name() + " backend cannot decode batches of sequences");
     }
+    // Called when a schedule with this set is made, before it runs: a device backend
+    // uploads the weights here (once per set). The schedule's set is the one forward
+    // then finds in `skip`.
+    virtual void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) { (void)set; }
 };
 
 // "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws

@@ -107,8 +107,9 @@ const std::vector<float>& BatchSession::last_logits(int32_t seq) const {
 int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
     check_batch_skip(skip);
-    if (!skip.surrogates.empty() && !b.forward->runs_surrogates())
-        throw std::invalid_argument(std::string("the ") + b.forward->name() + " backend does not run FFN surrogates");
+    if (!skip.surrogates.empty() && !b.forward->runs_surrogates_in_batches())
+        throw std::invalid_argument(std::string("the ") + b.forward->name() +
+                                    " backend does not run FFN surrogates in batches");
     auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)

@@ -82,8 +82,9 @@ std::unique_ptr<SkipSchedule> Session::Impl::make_schedule(const SkipConfig& ski
     auto sched = std::make_unique<SkipSchedule>(skip, m.hp.n_layer, params.n_ctx);
     if (skip.surrogates.empty()) return sched;
     if (!forward->runs_surrogates())
-        throw Error(std::string("FFN surrogates run on the CPU backend only so far (this session uses ") + forward->name() + ")");
+        throw Error(std::string("FFN surrogates do not run on the ") + forward->name() + " backend");
     if (!surrogates || surrogates->path != skip.surrogates) surrogates = load_surrogates(skip.surrogates, m.hp);
+    forward->prepare_surrogates(surrogates);   // e.g. the GPU uploads them (once per set)
     sched->set_surrogates(surrogates);
     return sched;
 }

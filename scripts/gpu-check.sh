@@ -7,9 +7,10 @@
 #
 # Environment: PYTHON (default python3), CUDA_ARCH (default 90-real), BENCH_ARGS (extra
 # arguments for bench/bench_cuda.py), FFNSKIP_GPU_TEST_MODEL (a GGUF for the real-model
-# test when SmolLM2 cannot be fetched), STEPS (default "tests bench profile memcheck";
-# "batch" adds batched decoding's benchmark on a 13B-shaped F16 model, BATCH_ARGS):
-# the build always runs; leave steps out to fit a short device lease), PROFILE_TYPES.
+# test when SmolLM2 cannot be fetched), STEPS (default "tests bench profile memcheck":
+# the build always runs; leave steps out to fit a short device lease), PROFILE_TYPES,
+# TESTS_K (a pytest -k expression selecting the GPU tests, e.g. "surrogate"); "batch" in
+# STEPS adds batched decoding's benchmark on a 13B-shaped F16 model (BATCH_ARGS).
 set -u
 out=${1:?usage: scripts/gpu-check.sh OUT_DIR [bench seconds]}
 bench_seconds=${2:-300}
@@ -39,7 +40,7 @@ want() { case " ${STEPS:-tests bench profile memcheck} " in *" $1 "*) return 0 ;
 
 if want tests; then
 stamp "GPU tests"
-"$py" -m pytest tests/test_cuda.py tests/test_cuda_batch.py -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
+"$py" -m pytest tests/test_cuda.py tests/test_cuda_batch.py ${TESTS_K:+-k "$TESTS_K"} -v -rfEs -p no:cacheprovider --timeout=120 2>&1 | tee "$out/tests.log" | \
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|assert" | head -80
 fi
 

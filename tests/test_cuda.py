@@ -364,6 +364,141 @@ def test_gate_on_device_opens_where_cpu_does(gpu, synthetic_model):
     assert got.tokens == want.tokens
 
 
+# ---- FFN surrogates: a left-out FFN runs b + U (V^T ffn_norm(h)) on the device ----------
+
+def _surrogate_file(tmp_path, name="sur.gguf", dtype="f32", seed=0, n_embd=256, n_layer=6):
+    """Random surrogates for layers 1-4 of a 6-layer model: ranks 5 and 40 (not multiples
+    of 32: partly filled warps and a loop past one warp), a bias-only one (rank 0), and
+    layer 5 without one (left out, it adds nothing)."""
+    from ffnskip import surrogate as sg
+
+    rng = np.random.default_rng(seed)
+
+    def sur(rank):
+        return sg.Surrogate(bias=rng.standard_normal(n_embd) * 0.05,
+                            up=rng.standard_normal((rank, n_embd)) / np.sqrt(n_embd),
+                            down=rng.standard_normal((n_embd, rank)) / np.sqrt(max(rank, 1)))
+
+    path = tmp_path / name
+    sg.save(path, {1: sur(5), 2: sur(40), 3: sur(0), 4: sur(8)}, n_embd=n_embd, n_layer=n_layer, dtype=dtype)
+    return str(path)
+
+
+SURROGATE_POLICIES = {
+    "ffn_skip": dict(policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=0, warmup=2, refresh_every=4,
+                     max_skip=3),
+    "cheapest": dict(policy="layers", layers=[1, 2, 3, 5]),
+    "cheapest_gate": dict(policy="ffn_skip", threshold=-1.0, cold_start=1, cold_end=0, warmup=1, refresh_every=4,
+                          max_skip=2, layers=[2, 4, 5]),
+    "random": dict(policy="random", target_ratio=0.4, warmup=1, seed=4),
+    "shortgpt": dict(policy="shortgpt", layers=[2]),   # a whole layer out: no surrogate runs there
+}
+
+
+@pytest.mark.parametrize("policy", list(SURROGATE_POLICIES))
+@pytest.mark.parametrize("if_nodes", ["0", "1"])
+def test_surrogate_greedy_tokens_masks_and_stats_match_cpu(gpu, synthetic_model, monkeypatch, tmp_path, policy,
+                                                           if_nodes):
+    """With a sidecar every policy's left-out FFNs run their surrogates on the GPU as on the
+    CPU: prompt (the `layers` set prunes it too) and decode steps, with the FFNs' skip
+    words read by their kernels and (FFNSKIP_CUDA_GRAPH_IF=1) as IF nodes' conditions; the
+    gate measures its cosine on the surrogate's output. Same tokens, masks, cosines and
+    surrogates_run."""
+    monkeypatch.setenv("FFNSKIP_CUDA_GRAPH_IF", if_nodes)
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    skip = dict(SURROGATE_POLICIES[policy], surrogates=_surrogate_file(tmp_path))
+    want = _generate(path, "cpu", **skip)
+    got = _generate(path, "cuda", **skip)
+    plain = _generate(path, "cpu", **SURROGATE_POLICIES[policy])
+    if policy != "shortgpt":
+        assert want.stats["surrogates_run"] > 0 and want.tokens != plain.tokens   # the surrogates matter here
+    else:
+        assert want.stats["surrogates_run"] == 0
+    assert got.tokens == want.tokens
+    for key in ("surrogates_run", "ffn_skipped", "skip_steps"):
+        assert got.stats[key] == want.stats[key], key
+    np.testing.assert_array_equal(got.stats["skip_masks"], want.stats["skip_masks"])
+    np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype, rel", [("f32", 1e-4), ("f16", 2e-3)])
+@pytest.mark.parametrize("record_cosines", [False, True])   # the layers set in the prompt batch / decode steps
+def test_surrogate_scores_match_cpu(gpu, synthetic_model, tmp_path, dtype, rel, record_cosines):
+    """Teacher-forced scores (prompt batches of n tokens through the surrogate kernels, and
+    decode steps) with F32 and F16 sidecars: the negative log-likelihood and the skip
+    statistics of both backends agree."""
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    sur = _surrogate_file(tmp_path, dtype=dtype, seed=3)
+    prompt, cont = IDS[:5], IDS[5:] + [9, 44, 180, 7]
+    results = {}
+    for backend in ("cpu", "cuda"):
+        s = ffnskip.Session(path, n_ctx=128, backend=backend)
+        results[backend] = s.score(prompt, cont, skip=dict(policy="layers", layers=[1, 2, 4], surrogates=sur,
+                                                           record_cosines=record_cosines))
+        plain = s.score(prompt, cont, skip=dict(policy="layers", layers=[1, 2, 4]))[0]
+    (want, want_stats), (got, got_stats) = results["cpu"], results["cuda"]
+    assert abs(plain - want) > 10 * rel * abs(want)   # the surrogates change the score
+    assert got == pytest.approx(want, rel=rel)
+    assert got_stats["surrogates_run"] == want_stats["surrogates_run"] == 3 * (len(cont) - 1)
+    assert got_stats["ffn_skipped"] == want_stats["ffn_skipped"]
+
+
+def test_surrogate_sets_change_between_generations(gpu, synthetic_model, tmp_path):
+    """One GPU session: a set, another set (uploaded, the decode graph captured again), no
+    set, the first again: each generation equals the CPU's."""
+    path = str(synthetic_model(n_embd=256, n_layer=6, n_head=4, weight_type="F32", seed=11, n_ctx=256))
+    a, b = _surrogate_file(tmp_path, "a.gguf", seed=1), _surrogate_file(tmp_path, "b.gguf", seed=2)
+    base = SURROGATE_POLICIES["ffn_skip"]
+    cpu = ffnskip.Session(path, n_ctx=128, backend="cpu")
+    gpu_s = ffnskip.Session(path, n_ctx=128, backend="cuda")
+    for sur in (a, b, "", a):
+        skip = dict(base, surrogates=sur, record_masks=True, record_cosines=True)
+        want = cpu.generate(IDS[:7], max_tokens=16, temperature=0, skip=skip)
+        got = gpu_s.generate(IDS[:7], max_tokens=16, temperature=0, skip=skip)
+        assert got.tokens == want.tokens, sur
+        assert got.stats["surrogates_run"] == want.stats["surrogates_run"] == (want.stats["ffn_skipped"] if sur else 0)
+        np.testing.assert_allclose(got.stats["cosines"], want.stats["cosines"], atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_real_model_surrogate_perplexity_matches_cpu(gpu, real_model, tmp_path):
+    """SmolLM2 (or a 10-layer cut of it) with surrogates fitted on 400 tokens of its own
+    trace, scored on those tokens: with the ffn_skip gate and with a fixed set, the GPU's
+    likelihood and the surrogates' gain over plain skipping are the CPU's up to the
+    quantized-weights tolerance, and about as many surrogates run."""
+    from ffnskip import surrogate as sg
+    from ffnskip.calibrate import sample_text
+    from ffnskip.perplexity import perplexity
+
+    cpu = ffnskip.Session(str(real_model), n_ctx=512, backend="cpu")
+    ids = cpu.tokenize(sample_text())[:400]
+    t = cpu.trace_ffn(ids, "full")
+    n_embd = t["u"].shape[2]
+    n_layer = t["u"].shape[0]
+    fitted = {}
+    for il in range(n_layer):
+        stats = sg.FfnStats(n_embd)
+        sg.accumulate(stats, t["u"][il], t["f"][il], positions=range(len(ids)), sink_positions=4)
+        fitted[il] = sg.fit(stats, rank=32, ridge=1e-2)
+    path = tmp_path / "real.surrogates.gguf"
+    sg.save(path, fitted, n_embd=n_embd, n_layer=n_layer)
+    for skip in (dict(policy="ffn_skip", target_ratio=0.2, cold_start=1, cold_end=1), dict(policy="layers", layers=[n_layer // 3, n_layer // 2, 2 * n_layer // 3])):
+        res = {}
+        for backend in ("cpu", "cuda"):
+            s = ffnskip.Session(str(real_model), n_ctx=512, backend=backend)
+            res[backend] = perplexity(s, ids, skip=dict(skip, surrogates=str(path)), ctx=128)
+            res[backend + " plain"] = perplexity(s, ids, skip=skip, ctx=128)
+        print(f"\n{skip}: {res}")
+        # Compared in summed NLL: the CPU's 8-bit activations move it by well under 1%; the
+        # gate may decide a near-threshold step differently, hence the margins.
+        assert res["cuda"]["nll"] == pytest.approx(res["cpu"]["nll"], rel=0.01), (skip, res)
+        gain_cpu = res["cpu plain"]["nll"] - res["cpu"]["nll"]
+        gain_gpu = res["cuda plain"]["nll"] - res["cuda"]["nll"]
+        assert gain_cpu > 0 and gain_gpu == pytest.approx(gain_cpu, rel=0.3), (skip, res)
+        assert res["cpu"]["surrogates_run"] > 0
+        assert abs(res["cuda"]["surrogates_run"] - res["cpu"]["surrogates_run"]) <= 0.1 * res["cpu"]["surrogates_run"]
+
+
 # ---- qwen2: Q/K/V biases, NeoX RoPE, untied output ---------------------------------------
 
 def _qwen2(synthetic_model, **kw) -> str:

@@ -127,6 +127,7 @@ void StepBlock::place(void* base, int32_t n_batch, int32_t n_layer) {
     skip_ffn = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     gate_allowed = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     cosines = reinterpret_cast<float*>(take(sizeof(float) * n_layer));
+    sur_on = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_layer));
     bytes = off;
 }
 
@@ -170,6 +171,7 @@ CudaForward::CudaForward(const Model::Impl& model, const BackendParams& params) 
 CudaForward::~CudaForward() { release(); }
 
 void CudaForward::release() {
+    surrogates_.reset();
     if (graph_) cudaGraphExecDestroy(graph_);
     if (blas_handle_) blas_->destroy(blas_handle_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -478,7 +480,16 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
 
         // ---- the skip gate: on the device every FFN kernel reads skip_ffn[il], which the
         //      gate kernel of an earlier layer may have set during this step ----
-        if (prompt_skip && !prompt_skip->prompt_ffn_runs(il)) continue;
+        const cuda::DeviceSurrogate* sur = surrogates_ ? surrogates_->at(il) : nullptr;
+        if (prompt_skip && !prompt_skip->prompt_ffn_runs(il)) {
+            // A left-out FFN: x' = h, or h + its surrogate (forward checked the upload).
+            if (prompt_skip->surrogate(il)) {
+                if (!sur) throw Error("CUDA backend: internal error: surrogates not uploaded");
+                cuda::surrogate_forward(*sur, x_, L.ffn_norm, hp.rms_eps, n, D, hb_, xb2_, nullptr, nullptr, s, true);
+                cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
+            }
+            continue;
+        }
 
         // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         // In a graph with IF nodes the FFN is a node's body, launched only when it runs.
@@ -505,15 +516,21 @@ void CudaForward::encode(int32_t n, bool all_logits, const SkipSchedule* prompt_
         mul_mat(L.ffn_down, hb_, xb2_, n, skip_ffn, f);
         if (ffn_body) ffn_body->end();
         if (device_skip) {
+            // ---- surrogate: when the FFN was left out and the step turned its surrogate on,
+            //      xb2_ = b + U (V^T ffn_norm(h)) instead (two kernels reading both words) ----
+            if (sur)
+                cuda::surrogate_forward(*sur, x_, L.ffn_norm, hp.rms_eps, 1, D, hb_, xb2_, skip_ffn,
+                                        step_d_.sur_on + il, s, !ffn_runs);
             // With fuse_norm_ the gate kernel also writes the next layer's attention input
             // (or the output matrix's), whether or not this FFN ran; with IF nodes it
             // sets the next FFN's condition.
             const float* next_norm = !fuse_norm_ ? nullptr : il + 1 < hp.n_layer ? layers_[il + 1].attn_norm : output_norm_;
             const cudaGraphConditionalHandle next_ffn_runs = ffn_condition(il + 1);
             cuda::Launch g = s;
-            g.pdl = s.pdl && !ffn_runs;
+            g.pdl = s.pdl && (!ffn_runs || sur);   // after a kernel node, not the IF node
             cuda::residual_add_gate(x_, xb2_, D, il, step_d_.skip_ffn, step_d_.gate_allowed, step_d_.cosines,
-                                    step_d_.rules, g, next_norm, xb_, hp.rms_eps, next_ffn_runs);
+                                    step_d_.rules, g, next_norm, xb_, hp.rms_eps, next_ffn_runs,
+                                    sur ? step_d_.sur_on : nullptr);
             xb_ready = next_norm != nullptr;
         } else {
             cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
@@ -536,6 +553,7 @@ void CudaForward::write_step_plan(const SkipSchedule* skip) {
         step_h_.skip_attn[l] = step_h_.skip_kv[l] = step_h_.skip_ffn[l] = 0;
         step_h_.gate_allowed[l] = 1;
         step_h_.cosines[l] = NAN;
+        step_h_.sur_on[l] = 0;
     }
     if (!skip) return;
     const SkipSchedule::StepPlan p = skip->step_plan();
@@ -551,7 +569,20 @@ void CudaForward::write_step_plan(const SkipSchedule* skip) {
         step_h_.skip_kv[l] = layer_out && l < p.exit_layer;   // skipdecode: exit layers still store keys/values
         step_h_.skip_ffn[l] = layer_out || p.ffn_skip[l];
         step_h_.gate_allowed[l] = p.gate_allowed ? p.gate_allowed[l] : 1;
+        // As the CPU: a left-out FFN runs its surrogate unless the whole layer is out.
+        step_h_.sur_on[l] = !layer_out && skip->surrogate(l) != nullptr;
     }
+}
+
+void CudaForward::prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) {
+    if (!set || (surrogates_ && surrogates_->host() == set.get())) return;
+    FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    surrogates_.reset();
+    if (graph_) {   // captured with the previous set's kernels
+        cudaGraphExecDestroy(graph_);
+        graph_ = nullptr;
+    }
+    surrogates_ = std::make_unique<cuda::DeviceSurrogates>(set, m_.hp.n_embd);
 }
 
 const float* CudaForward::forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
@@ -561,6 +592,7 @@ const float* CudaForward::forward(const int32_t* tokens, int32_t n, int32_t pos,
     if (pos < 0 || pos + n > n_ctx_) throw std::invalid_argument("forward: positions past the context");
     if (decode_step && n != 1) throw std::invalid_argument("forward: a decode step takes one token");
     cudaStream_t s = stream_;
+    if (skip && skip->surrogate_set()) prepare_surrogates(skip->surrogate_set());   // no-op when uploaded
     *step_h_.pos = pos;
     std::copy(tokens, tokens + n, step_h_.tokens);
 

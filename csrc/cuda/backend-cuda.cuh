@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "cuda/launch.cuh"
 #include "cuda/rope.cuh"
 #include "cuda/skip-gate.cuh"
+#include "cuda/surrogate.cuh"
 
 namespace ffnskip {
 
@@ -45,6 +47,7 @@ struct StepBlock {
     int32_t* skip_ffn = nullptr;           // (n_layer) 1: FFN left out (written by the gate too)
     int32_t* gate_allowed = nullptr;       // (n_layer) 1: the gate may leave this FFN out
     float* cosines = nullptr;              // (n_layer) measured by the gate; NaN = not measured
+    int32_t* sur_on = nullptr;             // (n_layer) 1: a left-out FFN of the layer runs its surrogate
     size_t bytes = 0;
     void place(void* base, int32_t n_batch, int32_t n_layer);
 };
@@ -67,6 +70,8 @@ class CudaForward : public Backend {
                               SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
                               SkipSchedule* const* skips) override;
+    bool runs_surrogates() const override { return true; }
+    void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) override;
 
   private:
     void check_supported() const;
@@ -149,6 +154,9 @@ class CudaForward : public Backend {
     RowsBlock rows_d_, rows_h_;
     void* rows_dev_mem_ = nullptr;
     void* rows_host_mem_ = nullptr;
+    // FFN surrogates (skip/surrogate.h), uploaded by prepare_surrogates; the decode graph
+    // holds their kernels for the layers that have one, so a new set drops the graph.
+    std::unique_ptr<cuda::DeviceSurrogates> surrogates_;
 };
 
 }  // namespace ffnskip

@@ -54,9 +54,10 @@ __device__ void add_and_decide(float* x, const float* f, int64_t n, int layer, b
 __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                                          const int32_t* gate_allowed, float* cosines, GateRules* rules,
                                          const float* next_norm, float* out, float eps,
-                                         cudaGraphConditionalHandle next_ffn_runs) {
+                                         cudaGraphConditionalHandle next_ffn_runs, const int32_t* sur_on) {
     wait_for_inputs();
-    const bool ffn_ran = ffn_skip[layer] == 0;
+    // f holds the FFN's output, or its surrogate's when the FFN was left out.
+    const bool ffn_ran = ffn_skip[layer] == 0 || (sur_on != nullptr && sur_on[layer] != 0);
     if (ffn_ran || next_norm) add_and_decide(x, f, n, layer, ffn_ran, ffn_skip, gate_allowed, cosines, rules,
                                              next_norm, out, eps);
     // After the decision: whether the next layer's FFN (an IF node's body) runs.
@@ -67,9 +68,10 @@ __global__ void residual_add_gate_kernel(float* x, const float* f, int64_t n, in
 
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                        const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
-                       const float* next_norm, float* out, float eps, cudaGraphConditionalHandle next_ffn_runs) {
+                       const float* next_norm, float* out, float eps, cudaGraphConditionalHandle next_ffn_runs,
+                       const int32_t* sur_on) {
     launch(l, residual_add_gate_kernel, 1, GATE_THREADS, 0, x, f, n, layer, ffn_skip, gate_allowed, cosines, rules,
-           next_norm, out, eps, next_ffn_runs);
+           next_norm, out, eps, next_ffn_runs, sur_on);
 }
 
 }  // namespace cuda

@@ -20,7 +20,8 @@ struct GateRules {
     int32_t spent;         // set by the gate when it opened (once per step)
 };
 
-// For layer `layer`, unless ffn_skip[layer] != 0 (then nothing happens):
+// For layer `layer`, unless ffn_skip[layer] != 0 and no surrogate ran in the FFN's place
+// (sur_on null or sur_on[layer] == 0: then nothing happens):
 //   x += f, cosines[layer] = cos(x after, x before) (double sums, as the CPU), and,
 //   when the rules allow and the cosine reaches the threshold, ffn_skip = 1 for the next
 //   max_skip layers l after `layer` with gate_allowed[l] != 0, none past `stop`, and
@@ -33,7 +34,7 @@ struct GateRules {
 void residual_add_gate(float* x, const float* f, int64_t n, int layer, int32_t* ffn_skip,
                        const int32_t* gate_allowed, float* cosines, GateRules* rules, const Launch& l,
                        const float* next_norm = nullptr, float* out = nullptr, float eps = 0.0f,
-                       cudaGraphConditionalHandle next_ffn_runs = 0);
+                       cudaGraphConditionalHandle next_ffn_runs = 0, const int32_t* sur_on = nullptr);
 
 }  // namespace cuda
 }  // namespace ffnskip

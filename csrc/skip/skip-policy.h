@@ -73,6 +73,8 @@ class SkipSchedule {
     void set_surrogates(std::shared_ptr<const SurrogateSet> set);
     // The stand-in for layer il's left-out FFN, or null (plain skip: x' = h).
     const FfnSurrogate* surrogate(int il) const;
+    // The set itself (null = none), for a backend that uploads it.
+    const std::shared_ptr<const SurrogateSet>& surrogate_set() const { return surrogates_; }
 
     const SkipStats& stats() const { return stats_; }
 

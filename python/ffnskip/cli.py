@@ -318,7 +318,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                                               "--summarize-pruning-ratios"))
     sweep_options = [] if args.update else [  # an update takes its cells from the saved results
         ("--policies", args.policies), ("--ratios", args.ratios),
-        ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile)]
+        ("--budgets", args.budgets if "budget" in policies else None), ("--profile", args.profile),
+        ("--surrogates", args.surrogates)]
     options = [("--tasks", args.tasks), *sweep_options,
                ("--data-dir", args.data_dir), ("--out", args.out), ("--limit", args.limit),
                ("--warmup", args.warmup), *(("--set", x) for x in args.set or []), ("--summarize-pruning-ratios", args.summarize_pruning_ratios),

@@ -138,7 +138,7 @@ struct SkipConfig {
     bool record_cosines = false; // keep the per-step, per-layer cosines in the stats
     std::string surrogates;      // GGUF sidecar of low-rank FFN surrogates ("" = none): a
                                  // left-out FFN that has one runs it instead of nothing,
-                                 // x' = h + b + U (V^T ffn_norm(h)) (CPU backend)
+                                 // x' = h + b + U (V^T ffn_norm(h)) (CPU and CUDA backends)
 };
 
 // What the skip policy did during one generation (decode steps only).
