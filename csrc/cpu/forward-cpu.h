@@ -11,6 +11,8 @@
 
 namespace ffnskip {
 
+struct FfnSurrogate;
+
 // Keys and values of every layer for every position, stored as fp16 (as llama.cpp's
 // default cache type) to halve the memory that attention reads.
 // With several sequence slots (batched decoding) each slot has its own n_ctx rows per
@@ -52,7 +54,17 @@ struct RunState {
     // rounded to fp16 (n_head, head_dim) and attention weights (n_head, ctx_pad).
     std::vector<float> rows_q;
     std::vector<float> rows_scores;
-    std::vector<int32_t> ffn_rows;   // rows whose FFN runs this layer
+    std::vector<int32_t> ffn_rows;   // rows of one FFN block group (the FFN, or one surrogate)
+    std::vector<uint8_t> row_runs;   // (rows) 1 = the row runs this layer's FFN
+    std::vector<const FfnSurrogate*> row_surrogates;   // (rows) distinct surrogates of the layer's left-out rows
+};
+
+// forward_rows' batch-wide options, and what its step read.
+struct RowsStep {
+    bool vote = false;                  // in: per layer the majority of the rows' FFN decisions applies to
+                                        //     all rows (a tie runs the FFN); each schedule is told the outcome
+    uint64_t ffn_bytes_read = 0;        // out: FFN weight bytes (gate, up, down) the step read
+    uint64_t surrogate_bytes_read = 0;  // out: surrogate weight bytes the step read (each group once)
 };
 
 class CpuForward : public Backend {
@@ -81,11 +93,13 @@ class CpuForward : public Backend {
     // forward_rows the caller has called begin_step on each and calls end_step after.
     // Only FFN skips apply per row (policies that leave whole layers out are refused
     // by the caller); an FFN's product runs for the rows that need it, and not at all
-    // when none does.
+    // when none does; a left-out row whose schedule has a surrogate for the layer runs
+    // it (rows sharing a surrogate in one product). `step` (may be null): the vote
+    // option in, the bytes read out.
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                               SkipSchedule* skip = nullptr);
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                              SkipSchedule* const* skips = nullptr);
+                              SkipSchedule* const* skips = nullptr, RowsStep* step = nullptr);
     int32_t n_slots() const { return kv_.n_slots; }
 
     int32_t n_ctx() const { return kv_.n_ctx; }
@@ -99,6 +113,8 @@ class CpuForward : public Backend {
     float* trace_row(std::vector<float>& rows, int il, int32_t pos);
     void record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src);
     void attention_rows(ThreadPool& pool, int layer, const int32_t* slots, const int32_t* pos, int32_t n);
+    void ffn_block(ThreadPool& pool, int layer, const FfnSurrogate* sur, const int32_t* rows, int32_t n);
+    void decide_ffn_rows(int layer, SkipSchedule* const* skips, int32_t n, bool vote);
 
     const Model::Impl& m_;
     KvCache kv_;
