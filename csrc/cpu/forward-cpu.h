@@ -56,7 +56,7 @@ struct RunState {
     std::vector<float> rows_scores;
     std::vector<int32_t> ffn_rows;   // rows of one FFN block group (the FFN, or one surrogate)
     std::vector<uint8_t> row_runs;   // (rows) 1 = the row runs this layer's FFN
-    std::vector<const FfnSurrogate*> row_surrogates;   // (rows) distinct surrogates of the layer's left-out rows
+    std::vector<const FfnSurrogate*> row_surrogates;   // null (the FFN), then each distinct surrogate the left-out rows run
 };
 
 // forward_rows' batch-wide options, and what its step read.
