@@ -32,6 +32,22 @@ std::unique_ptr<Backend> make_cuda_backend(const Model::Impl& model, const Backe
 bool cuda_device_available(std::string* why);
 #endif
 
+void decide_ffn_rows(int il, SkipSchedule* const* skips, int32_t n, bool vote, std::vector<uint8_t>& runs) {
+    runs.resize(n);
+    int n_skip = 0;
+    for (int t = 0; t < n; t++) {
+        runs[t] = !skips || !skips[t] || skips[t]->ffn_runs(il);
+        n_skip += !runs[t];
+    }
+    if (!vote || n_skip == 0 || n_skip == n) return;
+    const bool run = 2 * n_skip <= n;
+    for (int t = 0; t < n; t++) {
+        if (runs[t] == run) continue;
+        runs[t] = run;
+        if (skips && skips[t]) skips[t]->set_ffn_skipped(il, !run);
+    }
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& name, const Model::Impl& model, const BackendParams& params) {
     if (name == "cpu") return make_cpu_backend(model, params);
     if (name == "cuda" || name == "auto") {

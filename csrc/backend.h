@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "skip/skip-policy.h"
@@ -18,6 +19,14 @@ struct BackendParams {
     int32_t n_threads = 1;        // CPU threads for decode
     int32_t n_threads_batch = 1;  // CPU threads for prompt batches
     int32_t n_slots = 1;          // KV cache regions of n_ctx rows (sequences decoded together)
+};
+
+// One batched decode step's options and what it read (Backend::forward_rows).
+struct RowsStep {
+    bool vote = false;                  // in: per layer the majority of the rows' FFN decisions applies to
+                                        //     all rows (a tie runs the FFN); each schedule is told the outcome
+    uint64_t ffn_bytes_read = 0;        // out: FFN weight bytes (gate, up, down) the step read
+    uint64_t surrogate_bytes_read = 0;  // out: surrogate weight bytes the step read (each group once)
 };
 
 class Backend {
@@ -51,15 +60,16 @@ class Backend {
     // position pos[t] of slot slots[t], and returns the n rows' logits (n, n_vocab).
     // skips[t] (may be null = full model): the sequence's schedule; the caller has called
     // begin_step on each and calls end_step after. Only FFN skips apply per row; an FFN's
-    // product runs for the rows that need it, and not at all when none does.
+    // product runs for the rows that need it, and not at all when none does. `step` (may
+    // be null): the vote option in, the bytes read out.
     virtual const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                                       SkipSchedule* skip) {
         (void)slot, (void)tokens, (void)n, (void)pos, (void)all_logits, (void)skip;
         throw Error(std::string("the ") + name() + " backend cannot decode batches of sequences");
     }
     virtual const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                                      SkipSchedule* const* skips) {
-        (void)tokens, (void)slots, (void)pos, (void)n, (void)skips;
+                                      SkipSchedule* const* skips, RowsStep* step) {
+        (void)tokens, (void)slots, (void)pos, (void)n, (void)skips, (void)step;
         throw Error(std::string("the ") + name() + " backend cannot decode batches of sequences");
     }
     // Called when a schedule with this set is made, before it runs: a device backend
@@ -67,6 +77,11 @@ class Backend {
     // then finds in `skip`.
     virtual void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) { (void)set; }
 };
+
+// Which rows run layer il's FFN in a batched step (runs[t] = 1): each row's schedule,
+// or with `vote` the rows' majority for all of them (a tie runs the FFN), every
+// overruled schedule told the outcome.
+void decide_ffn_rows(int il, SkipSchedule* const* skips, int32_t n, bool vote, std::vector<uint8_t>& runs);
 
 // "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU). Throws
 // ffnskip::Error naming why a requested backend cannot run.

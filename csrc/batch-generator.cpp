@@ -11,6 +11,7 @@
 #include "generation.h"
 #include "model/model.h"
 #include "skip/skip-policy.h"
+#include "skip/surrogate.h"
 
 namespace ffnskip {
 
@@ -74,6 +75,7 @@ const SkipConfig& BatchGenerator::skip_config() const { return impl_->skip; }
 void BatchGenerator::set_skip_config(const SkipConfig& skip) {
     check_batch_skip(skip);
     SkipSchedule check(skip, impl_->model->hparams().n_layer, n_ctx());   // validates
+    if (!skip.surrogates.empty()) load_surrogates(skip.surrogates, impl_->model->hparams());   // a sidecar that fits
     impl_->skip = skip;
 }
 

@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "run-params.h"
 #include "skip/skip-policy.h"
+#include "skip/surrogate.h"
 
 namespace ffnskip {
 
@@ -32,6 +33,14 @@ struct BatchSession::Impl {
     std::vector<float> step_logits;  // (rows of the last step, n_vocab)
     std::vector<int32_t> tokens, slot_of_row, pos_of_row;
     std::vector<SkipSchedule*> skip_of_row;
+    BatchStats stats;
+    uint64_t ffn_bytes_per_step = 0;   // every layer's FFN weights
+    // Surrogate sidecars by path, shared by the sequences that name them (so rows with
+    // the same surrogate run it in one product); dropped when no sequence uses them.
+    std::vector<std::shared_ptr<const SurrogateSet>> surrogate_sets;
+
+    // A schedule for `skip`, with its surrogates loaded (validates).
+    std::unique_ptr<SkipSchedule> make_schedule(const SkipConfig& skip);
 
     Impl(std::shared_ptr<const Model> mdl, const BatchParams& p) : model(std::move(mdl)), m(model->impl()), params(p) {}
 
@@ -52,8 +61,32 @@ void check_batch_skip(const SkipConfig& skip) {
     if (skip.policy == SkipPolicy::shortgpt || skip.policy == SkipPolicy::skipdecode)
         throw std::invalid_argument(std::string("BatchSession does not support the '") + skip_policy_name(skip.policy) +
                                     "' skip policy (it leaves whole layers out); use an FFN policy");
-    if (!skip.surrogates.empty())
-        throw std::invalid_argument("BatchSession does not run FFN surrogates yet (skip.surrogates must be empty)");
+}
+
+void check_skip_alignment(const std::string& alignment) {
+    if (alignment != "none" && alignment != "vote")
+        throw std::invalid_argument("skip_alignment must be 'none' or 'vote', got '" + alignment + "'");
+}
+
+std::unique_ptr<SkipSchedule> BatchSession::Impl::make_schedule(const SkipConfig& skip) {
+    check_batch_skip(skip);
+    if (!skip.surrogates.empty() && !forward->runs_surrogates_in_batches())
+        throw std::invalid_argument(std::string("the ") + forward->name() +
+                                    " backend does not run FFN surrogates in batches");
+    auto sched = std::make_unique<SkipSchedule>(skip, m.hp.n_layer, params.n_ctx);   // validates
+    // Sets no sequence uses any more (the cache holds the only reference).
+    surrogate_sets.erase(std::remove_if(surrogate_sets.begin(), surrogate_sets.end(),
+                                        [](const auto& set) { return set.use_count() == 1; }),
+                         surrogate_sets.end());
+    if (skip.surrogates.empty()) return sched;
+    auto it = std::find_if(surrogate_sets.begin(), surrogate_sets.end(),
+                           [&](const auto& set) { return set->path == skip.surrogates; });
+    if (it == surrogate_sets.end()) {
+        surrogate_sets.push_back(load_surrogates(skip.surrogates, m.hp));   // throws for a bad sidecar
+        it = surrogate_sets.end() - 1;
+    }
+    sched->set_surrogates(*it);
+    return sched;
 }
 
 BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams& params) {
@@ -61,6 +94,7 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     const HParams& hp = model->hparams();
     BatchParams p = params;
     if (p.n_seq < 1 || p.n_seq > 256) throw std::invalid_argument("n_seq must be in [1, 256], got " + std::to_string(p.n_seq));
+    check_skip_alignment(p.skip_alignment);
     resolve_run_fields(hp, p);
     impl_ = std::make_unique<Impl>(std::move(model), p);
     BackendParams bp;
@@ -71,6 +105,7 @@ BatchSession::BatchSession(std::shared_ptr<const Model> model, const BatchParams
     bp.n_slots = p.n_seq;
     impl_->forward = make_backend(p.backend, impl_->m, bp);
     impl_->slots.resize(p.n_seq);
+    for (const LayerWeights& L : impl_->m.w.layers) impl_->ffn_bytes_per_step += L.ffn_bytes();
 }
 
 BatchSession::~BatchSession() = default;
@@ -106,11 +141,7 @@ const std::vector<float>& BatchSession::last_logits(int32_t seq) const {
 
 int32_t BatchSession::join_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip) {
     Impl& b = *impl_;
-    check_batch_skip(skip);
-    if (!skip.surrogates.empty() && !b.forward->runs_surrogates_in_batches())
-        throw std::invalid_argument(std::string("the ") + b.forward->name() +
-                                    " backend does not run FFN surrogates in batches");
-    auto sched = std::make_unique<SkipSchedule>(skip, b.m.hp.n_layer, b.params.n_ctx);   // validates
+    std::unique_ptr<SkipSchedule> sched = b.make_schedule(skip);   // validates, loads the surrogates
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it gives no tokens)");
     if (prompt.size() > (size_t)b.params.n_ctx)
         throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) + " tokens, more than the context of " +
@@ -174,6 +205,8 @@ void BatchSession::remove_sequence(int32_t seq) {
 }
 
 const SkipStats& BatchSession::skip_stats(int32_t seq) const { return impl_->find(seq).skip->stats(); }
+const std::string& BatchSession::skip_alignment() const { return impl_->params.skip_alignment; }
+const BatchStats& BatchSession::stats() const { return impl_->stats; }
 
 const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t, int32_t>>& pairs) {
     Impl& b = *impl_;
@@ -203,9 +236,15 @@ const std::vector<float>& BatchSession::step(const std::vector<std::pair<int32_t
     }
     const int32_t n = (int32_t)pairs.size();
     for (int32_t i = 0; i < n; i++) b.skip_of_row[i]->begin_step(b.slots[b.slot_of_row[i]].n_steps);
+    RowsStep rs;
+    rs.vote = b.params.skip_alignment == "vote";
     const float* logits = b.forward->forward_rows(b.tokens.data(), b.slot_of_row.data(), b.pos_of_row.data(), n,
-                                                  b.skip_of_row.data());
+                                                  b.skip_of_row.data(), &rs);
     for (int32_t i = 0; i < n; i++) b.skip_of_row[i]->end_step();
+    b.stats.n_steps++;
+    b.stats.ffn_bytes += b.ffn_bytes_per_step;
+    b.stats.ffn_bytes_read += rs.ffn_bytes_read;
+    b.stats.surrogate_bytes_read += rs.surrogate_bytes_read;
     b.step_logits.assign(logits, logits + (size_t)n * n_vocab);
     for (int32_t i = 0; i < n; i++) {
         Sequence& s = b.slots[b.slot_of_row[i]];

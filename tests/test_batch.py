@@ -136,10 +136,10 @@ def test_bad_input(synthetic_model):
         b.add_sequence([])
     with pytest.raises(ValueError, match="does not support the 'skipdecode' skip policy"):
         b.add_sequence([1], skip="skipdecode")
-    with_surrogates = ffnskip.skip_config("ffn_skip")
-    with_surrogates.surrogates = "surrogates.gguf"
-    with pytest.raises(ValueError, match="surrogates"):
-        b._native.add_sequence([1], with_surrogates)
+    with pytest.raises(FileNotFoundError, match="missing-surrogates.gguf"):
+        b.add_sequence([1], skip=dict(policy="layers", layers=[1], surrogates="missing-surrogates.gguf"))
+    with pytest.raises(ValueError, match="skip_alignment must be 'none' or 'vote', got 'majority'"):
+        BatchSession(str(path), n_seq=2, n_ctx=16, skip_alignment="majority")
     assert b.n_past(a) == 3 and b.n_active == 1   # failed calls changed nothing
     b.add_sequence([4])
     with pytest.raises(ValueError, match="all 2 sequence slots are taken"):

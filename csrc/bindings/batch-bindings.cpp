@@ -20,7 +20,15 @@ void bind_batch(py::module_& m) {
         .def_readwrite("n_threads_batch", &BatchParams::n_threads_batch)
         .def_readwrite("n_batch", &BatchParams::n_batch)
         .def_readwrite("n_prefill_chunk", &BatchParams::n_prefill_chunk)
-        .def_readwrite("backend", &BatchParams::backend);
+        .def_readwrite("backend", &BatchParams::backend)
+        .def_readwrite("skip_alignment", &BatchParams::skip_alignment);
+
+    py::class_<BatchStats>(m, "BatchStats")
+        .def_readonly("n_steps", &BatchStats::n_steps)
+        .def_readonly("ffn_bytes", &BatchStats::ffn_bytes)
+        .def_readonly("ffn_bytes_read", &BatchStats::ffn_bytes_read)
+        .def_readonly("surrogate_bytes_read", &BatchStats::surrogate_bytes_read)
+        .def_property_readonly("ffn_read_saved", &BatchStats::ffn_read_saved);
 
     py::class_<BatchSession>(m, "BatchSession")
         .def(py::init([](std::shared_ptr<Model> model, const BatchParams& params) {
@@ -45,6 +53,9 @@ void bind_batch(py::module_& m) {
         .def("sequences", &BatchSession::sequences)
         .def("n_past", &BatchSession::n_past, py::arg("seq"))
         .def("skip_stats", &BatchSession::skip_stats, py::arg("seq"), py::return_value_policy::copy)
+        .def_property_readonly("skip_alignment", &BatchSession::skip_alignment)
+        .def("stats", &BatchSession::stats, py::return_value_policy::copy,
+             "Weight bytes the decode steps so far read (FFN and surrogate).")
         .def("step", [](BatchSession& self, const std::vector<std::pair<int32_t, int32_t>>& pairs) {
             const size_t n_vocab = (size_t)self.model().n_vocab();
             py::array_t<float> out(std::vector<size_t>{pairs.size(), n_vocab});

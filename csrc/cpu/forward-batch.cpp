@@ -12,6 +12,7 @@
 #include "cpu/forward-cpu.h"
 #include "cpu/ops.h"
 #include "skip/skip-policy.h"
+#include "skip/surrogate.h"
 
 namespace ffnskip {
 
@@ -101,7 +102,7 @@ void CpuForward::attention_rows(ThreadPool& pool, int il, const int32_t* slots, 
 }
 
 const float* CpuForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                                      SkipSchedule* const* skips) {
+                                      SkipSchedule* const* skips, RowsStep* step) {
     const HParams& hp = m_.hp;
     const ModelWeights& w = m_.w;
     if (n < 1 || n > s_.n_batch) throw std::invalid_argument("forward_rows: batch of " + std::to_string(n) + " rows");
@@ -149,28 +150,45 @@ const float* CpuForward::forward_rows(const int32_t* tokens, const int32_t* slot
         matmul(pool, L.wo, s_.att_out.data(), s_.xb2.data(), n, s_.act);
         for (int64_t i = 0; i < n * D; i++) s_.x[i] += s_.xb2[i];
 
-        // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)), for the
-        // rows whose schedule runs it (packed together); the others keep x' = h ----
-        std::vector<int32_t>& rows = s_.ffn_rows;
-        rows.clear();
-        for (int t = 0; t < n; t++)
-            if (!skips || !skips[t] || skips[t]->ffn_runs(il)) rows.push_back(t);
-        const int nr = (int)rows.size();
-        if (nr == 0) continue;   // no row needs this FFN: its weights are not read
-        for (int k = 0; k < nr; k++)
-            rmsnorm(s_.xb.data() + k * D, s_.x.data() + rows[k] * D, L.ffn_norm.data(), D, hp.rms_eps);
-        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), nr, s_.act);
-        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), nr, s_.act, true);
-        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)nr * hp.n_ff);
-        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), nr, s_.act);
-        for (int k = 0; k < nr; k++) {
-            const int t = rows[k];
-            float* x = s_.x.data() + t * D;
-            const float* f = s_.xb2.data() + k * D;
-            if (skips && skips[t] && skips[t]->wants_cosine(il)) {
-                skips[t]->after_ffn(il, residual_add_cosine(x, f, D));   // the row's own gate
-            } else {
-                for (int64_t i = 0; i < D; i++) x[i] += f[i];
+        // ---- the skip gate: which rows run this layer's FFN (each row's own schedule,
+        // or with the vote the rows' majority for all of them) ----
+        decide_ffn_rows(il, skips, n, step && step->vote, s_.row_runs);
+
+        // ---- feed-forward for the rows that run it, then each surrogate for the left-out
+        // rows that have it (one product per group); the other rows keep x' = h ----
+        auto surrogate_of = [&](int t) -> const FfnSurrogate* {   // a left-out row's stand-in, or null
+            return s_.row_runs[t] || !skips || !skips[t] ? nullptr : skips[t]->surrogate(il);
+        };
+        std::vector<const FfnSurrogate*>& surs = s_.row_surrogates;
+        surs.assign(1, nullptr);   // group 0: the FFN itself
+        for (int t = 0; t < n; t++) {
+            const FfnSurrogate* sur = surrogate_of(t);
+            if (sur && std::find(surs.begin(), surs.end(), sur) == surs.end()) surs.push_back(sur);
+        }
+        for (const FfnSurrogate* sur : surs) {
+            std::vector<int32_t>& rows = s_.ffn_rows;
+            rows.clear();
+            for (int t = 0; t < n; t++)
+                if (sur ? surrogate_of(t) == sur : s_.row_runs[t]) rows.push_back(t);
+            const int nr = (int)rows.size();
+            if (nr == 0) continue;   // no row needs this FFN: its weights are not read
+            ffn_block(pool, il, sur, rows.data(), nr);
+            if (step) {
+                if (sur)
+                    step->surrogate_bytes_read += sur->up.n_bytes() + sur->down.n_bytes() + sur->bias.size() * sizeof(float);
+                else
+                    step->ffn_bytes_read += L.ffn_bytes();
+            }
+            // ---- residual: x' = h + f; the row's own gate looks at cos(h + f, h) ----
+            for (int k = 0; k < nr; k++) {
+                const int t = rows[k];
+                float* x = s_.x.data() + t * D;
+                const float* f = s_.xb2.data() + k * D;
+                if (skips && skips[t] && skips[t]->wants_cosine(il)) {
+                    skips[t]->after_ffn(il, residual_add_cosine(x, f, D));
+                } else {
+                    for (int64_t i = 0; i < D; i++) x[i] += f[i];
+                }
             }
         }
     }

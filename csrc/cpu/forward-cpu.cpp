@@ -154,6 +154,33 @@ void CpuForward::store_kv(ThreadPool& pool, int il, int32_t n, int32_t pos, bool
     }
 }
 
+// The FFN block of layer il for n rows of the residual s_.x: row k is rows[k] (rows
+// null: rows 0 .. n-1). u = ffn_norm(h) goes to s_.xb and the block's output f to
+// s_.xb2, packed (row k at k); the caller adds f to the residual (and measures the gate).
+void CpuForward::ffn_block(ThreadPool& pool, int il, const FfnSurrogate* sur, const int32_t* rows, int32_t n) {
+    const HParams& hp = m_.hp;
+    const LayerWeights& L = m_.w.layers[il];
+    const int64_t D = hp.n_embd;
+    for (int k = 0; k < n; k++)
+        rmsnorm(s_.xb.data() + k * D, s_.x.data() + (rows ? rows[k] : k) * D, L.ffn_norm.data(), D, hp.rms_eps);
+    if (!sur) {
+        // ---- the FFN: f = Wdown (silu(Wgate u) * Wup u) ----
+        matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
+        matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
+        swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
+        matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+        return;
+    }
+    // ---- its surrogate: f = b + U (V^T u), rank << n_ff ----
+    if (sur->rank > 0) {
+        matmul(pool, sur->up, s_.xb.data(), s_.hb.data(), n, s_.act);
+        matmul(pool, sur->down, s_.hb.data(), s_.xb2.data(), n, s_.act);
+    } else {
+        std::fill_n(s_.xb2.data(), (size_t)n * D, 0.0f);
+    }
+    add_bias(s_.xb2.data(), sur->bias.data(), n, D);
+}
+
 const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                                  SkipSchedule* skip, bool decode_step) {
     const HParams& hp = m_.hp;
@@ -205,25 +232,12 @@ const float* CpuForward::forward(const int32_t* tokens, int32_t n, int32_t pos, 
             continue;
         }
 
-        for (int t = 0; t < n; t++) rmsnorm(s_.xb.data() + t * D, s_.x.data() + t * D, L.ffn_norm.data(), D, hp.rms_eps);
-        if (trace_) record_trace(trace_->u, il, n, pos, s_.xb.data());
-        if (ffn_runs) {
-            // ---- feed-forward: f = Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
-            matmul(pool, L.ffn_gate, s_.xb.data(), s_.hb.data(), n, s_.act);
-            matmul(pool, L.ffn_up, s_.xb.data(), s_.hb2.data(), n, s_.act, true);   // same input as gate
-            swiglu(s_.hb.data(), s_.hb.data(), s_.hb2.data(), (int64_t)n * hp.n_ff);
-            matmul(pool, L.ffn_down, s_.hb.data(), s_.xb2.data(), n, s_.act);
-        } else {
-            // ---- surrogate: f = b + U (V^T norm(h)), rank << n_ff ----
-            if (sur->rank > 0) {
-                matmul(pool, sur->up, s_.xb.data(), s_.hb.data(), n, s_.act);
-                matmul(pool, sur->down, s_.hb.data(), s_.xb2.data(), n, s_.act);
-            } else {
-                std::fill_n(s_.xb2.data(), (size_t)n * D, 0.0f);
-            }
-            add_bias(s_.xb2.data(), sur->bias.data(), n, D);
+        // ---- feed-forward, or its surrogate in its place: f into xb2 (u = ffn_norm(h) in xb) ----
+        ffn_block(pool, il, ffn_runs ? nullptr : sur, nullptr, n);
+        if (trace_) {
+            record_trace(trace_->u, il, n, pos, s_.xb.data());
+            record_trace(trace_->f, il, n, pos, s_.xb2.data());
         }
-        if (trace_) record_trace(trace_->f, il, n, pos, s_.xb2.data());
 
         // ---- residual: x' = h + f; the gate's input, fused with the add: cos(h + f, h) ----
         if (step && skip->wants_cosine(il)) {

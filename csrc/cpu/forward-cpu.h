@@ -11,6 +11,8 @@
 
 namespace ffnskip {
 
+struct FfnSurrogate;
+
 // Keys and values of every layer for every position, stored as fp16 (as llama.cpp's
 // default cache type) to halve the memory that attention reads.
 // With several sequence slots (batched decoding) each slot has its own n_ctx rows per
@@ -52,9 +54,12 @@ struct RunState {
     // rounded to fp16 (n_head, head_dim) and attention weights (n_head, ctx_pad).
     std::vector<float> rows_q;
     std::vector<float> rows_scores;
-    std::vector<int32_t> ffn_rows;   // rows whose FFN runs this layer
+    std::vector<int32_t> ffn_rows;   // rows of one FFN block group (the FFN, or one surrogate)
+    std::vector<uint8_t> row_runs;   // (rows) 1 = the row runs this layer's FFN
+    std::vector<const FfnSurrogate*> row_surrogates;   // null (the FFN), then each distinct surrogate the left-out rows run
 };
 
+// forward_rows' batch-wide options, and what its step read.
 class CpuForward : public Backend {
   public:
     CpuForward(const Model::Impl& model, const BackendParams& params);
@@ -71,13 +76,15 @@ class CpuForward : public Backend {
 
     void set_ffn_trace(Session::FfnTrace* trace) override;
     bool runs_surrogates() const override { return true; }
+    bool runs_surrogates_in_batches() const override { return true; }
 
     // Batched decoding (Backend::forward_slot, forward_rows). A row's arithmetic equals a
-    // single-sequence decode step's.
+    // single-sequence decode step's; a left-out row whose schedule has a surrogate for the
+    // layer runs it (rows sharing a surrogate in one product).
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                               SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                              SkipSchedule* const* skips) override;
+                              SkipSchedule* const* skips, RowsStep* step) override;
     int32_t n_slots() const { return kv_.n_slots; }
 
     int32_t n_ctx() const { return kv_.n_ctx; }
@@ -91,6 +98,7 @@ class CpuForward : public Backend {
     float* trace_row(std::vector<float>& rows, int il, int32_t pos);
     void record_trace(std::vector<float>& rows, int il, int32_t n, int32_t pos, const float* src);
     void attention_rows(ThreadPool& pool, int layer, const int32_t* slots, const int32_t* pos, int32_t n);
+    void ffn_block(ThreadPool& pool, int layer, const FfnSurrogate* sur, const int32_t* rows, int32_t n);
 
     const Model::Impl& m_;
     KvCache kv_;

@@ -69,7 +69,7 @@ class CudaForward : public Backend {
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                               SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                              SkipSchedule* const* skips) override;
+                              SkipSchedule* const* skips, RowsStep* step) override;
     bool runs_surrogates() const override { return true; }
     void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) override;
 
@@ -154,6 +154,7 @@ class CudaForward : public Backend {
     RowsBlock rows_d_, rows_h_;
     void* rows_dev_mem_ = nullptr;
     void* rows_host_mem_ = nullptr;
+    std::vector<uint8_t> row_runs_;   // (rows) 1 = the row runs this layer's FFN
     // FFN surrogates (skip/surrogate.h), uploaded by prepare_surrogates; the decode graph
     // holds their kernels for the layers that have one, so a new set drops the graph.
     std::unique_ptr<cuda::DeviceSurrogates> surrogates_;

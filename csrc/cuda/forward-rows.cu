@@ -109,7 +109,7 @@ const float* CudaForward::forward_slot(int32_t slot, const int32_t* tokens, int3
 }
 
 const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
-                                       SkipSchedule* const* skips) {
+                                       SkipSchedule* const* skips, RowsStep* step) {
     const HParams& hp = m_.hp;
     const int64_t D = hp.n_embd;
     if (n < 1 || n > n_batch_) throw std::invalid_argument("forward_rows: batch of " + std::to_string(n) + " rows");
@@ -156,17 +156,21 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         mul_rows(L.wo, att_, xb2_, n);
         cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
 
-        // ---- the skip gate: each row's schedule says whether its FFN runs ----
+        // ---- the skip gate: which rows run this layer's FFN (each row's own schedule,
+        // or with the vote the rows' majority for all of them) ----
+        decide_ffn_rows(il, skips, n, step && step->vote, row_runs_);
         int32_t* rows_h = rows_h_.ffn_rows + (size_t)il * n_batch_;
         int32_t* rows_d = rows_d_.ffn_rows + (size_t)il * n_batch_;
         int nr = 0;
         bool want_cosines = false;
         for (int t = 0; t < n; t++) {
-            if (skips && skips[t] && !skips[t]->ffn_runs(il)) continue;
+            if (!row_runs_[t]) continue;
             rows_h[nr++] = t;
             want_cosines |= skips && skips[t] && skips[t]->wants_cosine(il);
         }
         if (nr == 0) continue;   // no row needs this FFN: its weights are not read
+        if (step) step->ffn_bytes_read += L.ffn_gate.row_bytes * L.ffn_gate.n_out + L.ffn_up.row_bytes * L.ffn_up.n_out +
+                                          L.ffn_down.row_bytes * L.ffn_down.n_out;
 
         // ---- feed-forward of those rows: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
         FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d, rows_h, nr * sizeof(int32_t), cudaMemcpyHostToDevice, st));

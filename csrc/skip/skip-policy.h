@@ -40,6 +40,11 @@ class SkipSchedule {
     int32_t exit_layer() const { return exit_layer_; }
     // The FFN of layer il runs? Asked right before it (the gate may have closed it).
     bool ffn_runs(int il) const { return !ffn_skip_[il]; }
+    // An outside decision for layer il's FFN in this step (a batch's vote), asked before
+    // it runs: replaces the schedule's own for what runs, the stats and the surrogate.
+    // It does not spend or close the gate (the gate only looks after FFNs that ran, or
+    // their surrogates).
+    void set_ffn_skipped(int il, bool skipped) { ffn_skip_[il] = skipped; }
     // The cosine after layer il's FFN is needed (the gate looks, or it is recorded).
     bool wants_cosine(int il) const;
     // The gate: called after layer il's FFN with cos(residual after, residual before).

@@ -8,8 +8,14 @@
 Each sequence has its own KV cache slot and position; sequences join (their prompt is
 evaluated in their slot alone) and leave between steps. A sequence's logits equal those
 of the same tokens decoded alone by :class:`ffnskip.Session`. Each sequence may have
-its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode). On the CPU
-(default) or the GPU (``backend="cuda"``, or ``"auto"``).
+its own FFN skip policy (not the whole-layer ones, shortgpt and skipdecode) and its own
+FFN surrogates (``skip=dict(..., surrogates="sidecar.gguf")``, CPU only). On the CPU (default) or
+the GPU (``backend="cuda"``, or ``"auto"``).
+
+``skip_alignment="vote"`` makes the rows of a step agree: per layer the majority of the
+sequences' skip decisions applies to all of them, so a skipped FFN's weights are not
+read at all (with "none", the default, they are read unless every sequence skips it).
+A sequence's output then depends on what it is batched with.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class BatchSession:
         n_threads_batch: int = 0,
         n_batch: int = 512,
         backend: str = "cpu",
+        skip_alignment: str = "none",
     ) -> None:
         if not isinstance(model, _core.Model):
             from .models import resolve_model  # a path, or a registry name fetched once
@@ -51,7 +58,8 @@ class BatchSession:
         params.n_threads_batch = n_threads_batch
         params.n_batch = n_batch
         params.backend = backend
-        self._native = _core.BatchSession(model, params)
+        params.skip_alignment = skip_alignment
+        self._native = _core.BatchSession(model, params)   # ValueError for a bad skip_alignment
 
     @property
     def n_seq(self) -> int:
@@ -65,6 +73,17 @@ class BatchSession:
     @property
     def n_active(self) -> int:
         return self._native.n_active
+
+    @property
+    def skip_alignment(self) -> str:
+        """"none" (each sequence its own skip decisions) or "vote" (the majority's)."""
+        return self._native.skip_alignment
+
+    def stats(self) -> _core.BatchStats:
+        """Weight bytes the decode steps so far read: ``ffn_bytes`` (every FFN, every
+        step), ``ffn_bytes_read``, ``ffn_read_saved`` (the share not read) and
+        ``surrogate_bytes_read``."""
+        return self._native.stats()
 
     def sequences(self) -> list[int]:
         """Ids of the sequences in the batch, oldest first."""
@@ -124,7 +143,8 @@ class BatchGenerator:
     (sampling, stop, max_tokens, skip, ...). Each round evaluates up to
     ``n_prefill_chunk`` tokens of the joining prompts (all of them when nothing is
     decoding), then one batched decode step. A request's tokens equal those of the same
-    request generated alone by a Session with the same seed. Prompts are not cached
+    request generated alone by a Session with the same seed (with ``skip_alignment="none"``,
+    the default; see :class:`BatchSession` for "vote"). Prompts are not cached
     between requests (a Session reuses its previous prompt's prefix). One thread at a
     time; CPU or GPU (``backend``).
     """
@@ -141,6 +161,7 @@ class BatchGenerator:
         n_prefill_chunk: int = 64,
         skip: SkipSpec = None,
         backend: str = "cpu",
+        skip_alignment: str = "none",
     ) -> None:
         from . import checks
 
@@ -152,7 +173,8 @@ class BatchGenerator:
         params = _core.BatchParams()
         for key, value in (("n_seq", n_seq), ("n_ctx", n_ctx), ("n_threads", n_threads),
                            ("n_threads_batch", n_threads_batch), ("n_batch", n_batch),
-                           ("n_prefill_chunk", n_prefill_chunk), ("backend", backend)):
+                           ("n_prefill_chunk", n_prefill_chunk), ("skip_alignment", skip_alignment),
+                           ("backend", backend)):
             checks.set_field(params, key, value, "BatchGenerator")
         self._native = _core.BatchGenerator(model, params)
         self._native.skip_config = skip_config(skip, model=model)

@@ -295,11 +295,15 @@ const char* version();
 // Sequences join (their prompt is evaluated in that slot alone, in chunks of n_batch)
 // and leave between steps. A sequence's logits equal those of the same tokens decoded
 // alone by a Session. Each sequence has its own skip schedule (its own warm-up,
-// refresh and cosine gate on its own residual): an FFN's product runs for the rows
-// that need it, and its weights are not read in a step where no row does. Policies
-// that leave whole layers out (shortgpt, skipdecode) are not supported. CPU and CUDA
-// backends (on the GPU a row's logits equal a lone Session's within rounding: the batch
-// multiplies F16 activations with cuBLAS where a lone decode step uses its own kernels).
+// refresh and cosine gate on its own residual) and its own FFN surrogates
+// (SkipConfig::surrogates; sequences naming the same sidecar share it): an FFN's
+// product runs for the rows that need it, each surrogate for the left-out rows that
+// have it, and the FFN's weights are not read in a step where no row runs it.
+// BatchParams::skip_alignment = "vote" trades that per-sequence equality for fewer
+// weight reads (see there). Policies that leave whole layers out (shortgpt,
+// skipdecode) are not supported. CPU and CUDA backends (on the GPU a row's logits
+// equal a lone Session's within rounding: the batch multiplies F16 activations with
+// cuBLAS where a lone decode step uses its own kernels; no surrogates in GPU batches yet).
 struct BatchParams {
     int32_t n_seq = 4;          // sequence slots (the most sequences decoded together)
     int32_t n_ctx = 0;          // KV cache rows per slot; 0 = min(n_ctx_train, 4096)
@@ -309,6 +313,24 @@ struct BatchParams {
     int32_t n_prefill_chunk = 64;  // BatchGenerator: prompt tokens evaluated per round while
                                    // other sequences are decoding (bounds their step latency)
     std::string backend = "cpu";  // "cpu", "cuda" or "auto" (the GPU when usable)
+    // How the sequences' FFN skip decisions combine in a decode step:
+    //   "none": each row follows its own schedule (a sequence equals a lone Session,
+    //           bit for bit); an FFN's weights are read unless every row skips it.
+    //   "vote": per step and layer, the majority of the rows' decisions applies to all
+    //           rows (a tie runs the FFN): a skipped FFN's weights are not read at all.
+    //           A sequence's output then depends on its batch; its stats (masks,
+    //           ffn_skipped, surrogates_run) count what ran for it.
+    // Anything else: std::invalid_argument.
+    std::string skip_alignment = "none";
+};
+
+// What a BatchSession's decode steps read (prompts excluded).
+struct BatchStats {
+    int64_t n_steps = 0;
+    uint64_t ffn_bytes = 0;             // FFN weight bytes (gate, up, down) of every layer, per step
+    uint64_t ffn_bytes_read = 0;        // of those, read: a layer's FFN in a step some row ran it
+    uint64_t surrogate_bytes_read = 0;  // surrogate weights read (once per surrogate and step)
+    double ffn_read_saved() const { return ffn_bytes ? 1.0 - (double)ffn_bytes_read / ffn_bytes : 0.0; }
 };
 
 class BatchSession {
@@ -328,8 +350,9 @@ class BatchSession {
     // `skip` is the sequence's policy, applied as a Session's generation applies it
     // (the prompt is its "begin", each step a generated token's decode step).
     // Throws std::invalid_argument when every slot is taken, the prompt is empty, too
-    // long for a slot or has an out-of-range token, or `skip` is invalid, a
-    // whole-layer policy or names FFN surrogates (not run in batches yet).
+    // long for a slot or has an out-of-range token, or `skip` is invalid or a
+    // whole-layer policy; FileNotFoundError / FormatError for a surrogate sidecar
+    // (skip.surrogates) that is missing or does not fit the model.
     int32_t add_sequence(const std::vector<int32_t>& prompt, const SkipConfig& skip = {});
     // The same in two parts, so that a long prompt does not hold up the others' steps:
     // join_sequence takes the slot and checks the arguments (no evaluation); prefill
@@ -349,6 +372,8 @@ class BatchSession {
     const std::vector<float>& step(const std::vector<std::pair<int32_t, int32_t>>& pairs);
     const std::vector<float>& last_logits(int32_t seq) const;   // (n_vocab)
     const SkipStats& skip_stats(int32_t seq) const;             // its decode steps so far
+    const std::string& skip_alignment() const;                  // BatchParams::skip_alignment
+    const BatchStats& stats() const;                            // all decode steps so far
 
     struct Impl;
   private:
