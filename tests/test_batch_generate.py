@@ -200,3 +200,14 @@ def test_backend_is_checked(model, smollm2_q4_1):
         for batching in (True, False):
             with pytest.raises(ffnskip.FfnskipError, match="no CUDA backend"):
                 Engine(smollm2_q4_1, slots=2, n_ctx=64, backend="cuda", batching=batching)
+
+
+def test_engine_skip_alignment(smollm2_q4_1):
+    from ffnskip.server.engine import Engine
+
+    with pytest.raises(ValueError, match="needs batching"):
+        Engine(smollm2_q4_1, slots=2, n_ctx=64, batching=False, skip_alignment="vote")
+    with pytest.raises(ValueError, match="skip_alignment must be 'none' or 'vote'"):
+        Engine(smollm2_q4_1, slots=2, n_ctx=64, skip_alignment="majority")
+    engine = Engine(smollm2_q4_1, slots=2, n_ctx=64, skip_alignment="vote", skip="ffn_skip")
+    engine.close()

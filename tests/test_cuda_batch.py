@@ -121,3 +121,23 @@ def test_cuda_batch_generator_greedy(gpu, synthetic_model):
     got = BatchGenerator(path, n_seq=3, n_ctx=64, backend="cuda").generate(PROMPTS, max_tokens=8, temperature=0,
                                                                            ignore_eos=True)
     assert [c.tokens for c in got] == [c.tokens for c in want]
+
+
+def test_cuda_batch_vote_equals_cpu(gpu, synthetic_model):
+    """skip_alignment="vote" on the GPU: the majority masks of random policies equal the
+    CPU batch's, and the step reads the same FFN bytes."""
+    model = ffnskip.Model(str(synthetic_model(weight_type="F16", **{**SHAPE, "n_layer": 6})))
+    common = dict(cold_start=0, cold_end=0, warmup=0, refresh_every=0, record_masks=True)
+    skips = [ffnskip.skip_config("random", target_ratio=0.5, seed=s, **common) for s in (1, 2, 3)]
+    plan = np.random.default_rng(5).integers(0, 256, size=(3, 8)).tolist()
+    out = {}
+    for backend in ("cpu", "cuda"):
+        b = BatchSession(model, n_seq=3, n_ctx=64, backend=backend, skip_alignment="vote")
+        ids = [b.add_sequence(p, skip=k) for p, k in zip(PROMPTS, skips)]
+        for k in range(8):
+            b.step([(s, plan[i][k]) for i, s in enumerate(ids)])
+        out[backend] = ([np.asarray(b.skip_stats(s).masks) for s in ids], b.stats())
+    for i in range(3):
+        np.testing.assert_array_equal(out["cuda"][0][i], out["cpu"][0][i], err_msg=f"sequence {i}")
+    np.testing.assert_array_equal(out["cuda"][0][0], out["cuda"][0][1])   # the vote: one mask for all rows
+    assert out["cuda"][1].ffn_bytes_read == out["cpu"][1].ffn_bytes_read < out["cpu"][1].ffn_bytes

@@ -137,7 +137,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           max_queue=args.queue, n_ctx=args.ctx, n_threads=args.threads, skip=skip,
           model_name=args.model_name, log_level=args.log_level, api_key=args.api_key,
           max_body=args.max_body, head_timeout=args.head_timeout, body_timeout=args.body_timeout,
-          batching=args.batching, prefill_chunk=args.prefill_chunk, backend=args.backend)
+          batching=args.batching, prefill_chunk=args.prefill_chunk, backend=args.backend,
+          skip_alignment=args.skip_alignment)
     return 0
 
 
@@ -407,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prompt tokens evaluated per step while other requests decode (batching)")
     sv.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where the model runs (auto: the GPU when usable)")
+    sv.add_argument("--skip-alignment", default="none", choices=["none", "vote"],
+                    help="batching: 'vote' applies the majority of the slots' FFN skip decisions to all of "
+                         "them per step and layer (fewer weight reads; a request's output then depends on "
+                         "its batch); 'none': each request its own")
     sv.add_argument("--skip", help="default skip setting: a policy name, a profile .json, or a JSON object of "
                                    "SkipConfig fields; requests may override it (default: full)")
     sv.add_argument("--model-name", help="model id in the API (default: the file name without .gguf)")

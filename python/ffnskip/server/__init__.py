@@ -43,7 +43,7 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
           log_level: str = "info", api_key: str | None = None, max_body: int | None = None,
           head_timeout: float | None = None, max_waiting: int | None = None,
           body_timeout: float | None = None, batching: bool = True, prefill_chunk: int = 64,
-          backend: str = "cpu") -> None:
+          backend: str = "cpu", skip_alignment: str = "none") -> None:
     """Load the model and serve until interrupted: `slots` requests decode together in
     one batch (one forward pass per step), or, with batching=False, on `slots` sessions
     of their own.
@@ -74,7 +74,7 @@ def serve(model_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, 
     max_waiting = max_waiting if max_waiting is not None else _default_max_waiting()
     engine = Engine(model_path, slots=slots, max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads,
                     skip=skip, model_name=model_name, batching=batching, prefill_chunk=prefill_chunk,
-                    backend=backend)
+                    backend=backend, skip_alignment=skip_alignment)
     from .app import create_app as make
 
     app = make(engine, api_key=api_key, loopback_only=loopback,

@@ -63,13 +63,16 @@ class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, slots: int = 1, max_queue: int = 16,
                  n_ctx: int = 0, n_threads: int = 0, skip: SkipSpec = None,
                  model_name: Optional[str] = None, batching: bool = True,
-                 prefill_chunk: int = 64, backend: str = "cpu") -> None:
+                 prefill_chunk: int = 64, backend: str = "cpu", skip_alignment: str = "none") -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.model_path = os.fspath(model_path)
         self.model = _core.Model(self.model_path)
         self.model_id = model_name or pathlib.Path(self.model_path).name.removesuffix(".gguf")
         self.batching = bool(batching)
+        if skip_alignment != "none" and not self.batching:
+            raise ValueError(f"skip_alignment={skip_alignment!r} needs batching (the slots' FFN decisions are "
+                             "aligned within one batch)")
         if n_threads <= 0:
             # One batch uses every core; separate sessions each spin a pool: share them out.
             n_threads = max(1, (os.cpu_count() or 1) // (1 if self.batching else slots))
@@ -81,7 +84,8 @@ class Engine:
         self.executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         if self.batching:
             generator = BatchGenerator(self.model, n_seq=slots, n_ctx=n_ctx, n_threads=n_threads,
-                                       n_prefill_chunk=prefill_chunk, skip=self.skip, backend=backend)
+                                       n_prefill_chunk=prefill_chunk, skip=self.skip, backend=backend,
+                                       skip_alignment=skip_alignment)
             self.n_ctx = generator.n_ctx
             self.pool = SlotPool([Slot(i, None) for i in range(slots)], max_queue)
             self.scheduler = Scheduler(generator, self.metrics)
