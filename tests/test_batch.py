@@ -14,6 +14,7 @@ import pytest
 import ffnskip
 from act_quant import emulate_activation_quantization
 from ffnskip.batch import BatchSession
+from lone_session import lone_generate
 from reference_forward import ReferenceModel
 
 SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, seed=1)
@@ -194,25 +195,8 @@ def test_smollm2_greedy_batch_equals_single(smollm2_q4_1):
 
 
 def _session_generate(model, prompt, skip, n, n_ctx):
-    """Greedy generation of n tokens by a lone Session under `skip`: the tokens, the
-    logits each was picked from, and the skip masks of its decode steps."""
-    params = ffnskip._core.SessionParams()
-    params.n_ctx, params.n_threads = n_ctx, 2
-    s = ffnskip._core.Session(model, params)
-    gen = ffnskip._core.GenerateParams()
-    gen.max_tokens, gen.ignore_eos, gen.use_session_skip = n, True, False
-    gen.sampling.temperature = 0.0
-    gen.skip = skip
-    s.begin_tokens(prompt, gen)
-    logits = []
-    while True:
-        more, _ = s.step()
-        if len(s.result().tokens) > len(logits):
-            logits.append(s.last_logits)
-        if not more:
-            break
-    r = s.result()
-    return list(r.tokens), logits, np.asarray(r.stats.skip.masks)
+    """A lone Session's tokens, logits and skip masks (lone_session.lone_generate)."""
+    return lone_generate(model, prompt, skip, n, n_ctx)[:3]
 
 
 def _batch_generate(b, prompts, skips, n):

@@ -14,6 +14,7 @@ import pytest
 import ffnskip
 from ffnskip import surrogate as sg
 from ffnskip.batch import BatchGenerator, BatchSession
+from lone_session import lone_generate
 
 N_LAYER, N_EMBD = 6, 64
 PROMPTS = [[12, 40, 7, 99, 150, 3], [250, 3], [44, 12, 8, 1, 99, 31, 64, 2, 77], [6], [17, 33, 5, 200]]
@@ -46,25 +47,8 @@ def sidecars(tmp_path_factory):
 
 
 def _lone(model, prompt, skip, n):
-    """Greedy generation of n tokens by a lone Session under `skip`: the tokens, the
-    logits each was picked from, the masks of its decode steps and its skip stats."""
-    params = ffnskip._core.SessionParams()
-    params.n_ctx, params.n_threads = N_CTX, 2
-    s = ffnskip._core.Session(model, params)
-    gen = ffnskip._core.GenerateParams()
-    gen.max_tokens, gen.ignore_eos, gen.use_session_skip = n, True, False
-    gen.sampling.temperature = 0.0
-    gen.skip = skip
-    s.begin_tokens(prompt, gen)
-    logits = []
-    while True:
-        more, _ = s.step()
-        if len(s.result().tokens) > len(logits):
-            logits.append(s.last_logits)
-        if not more:
-            break
-    r = s.result()
-    return list(r.tokens), logits, np.asarray(r.stats.skip.masks, dtype=bool), r.stats.skip
+    """A lone Session's tokens, logits, masks and skip stats (lone_session.lone_generate)."""
+    return lone_generate(model, prompt, skip, n, N_CTX)
 
 
 def _batched(b, prompts, skips, n):
