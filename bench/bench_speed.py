@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -117,9 +118,40 @@ def default_models(formats: list[str]) -> list[pathlib.Path]:
     return out
 
 
+def resolve_models(names: list) -> list[pathlib.Path]:
+    """--models entries: an existing file as given, a registry name (`ffnskip models`:
+    qwen2.5-coder-1.5b, ...) as its cached GGUF, fetched once; anything else as given
+    (main() reports it missing)."""
+    out = []
+    for m in names:
+        text = os.fspath(m)
+        if not os.path.lexists(text):
+            from ffnskip import models
+            if text in models.REGISTRY:
+                out.append(pathlib.Path(models.model_path(text)))
+                continue
+        out.append(pathlib.Path(text))
+    return out
+
+
+# a weight type at the end of a file name: SmolLM2-135M-Instruct.Q4_1, qwen2.5-...-q4_k_m
+_TYPE_IN_NAME = re.compile(r"(?:^|[.\-_])((?:I?Q\d(?:_[A-Z0-9]+)*)|F16|F32|BF16)$", re.IGNORECASE)
+
+
 def format_name(path: pathlib.Path) -> str:
+    """The file's weight type (Q4_1, Q4_K_M, F16, ...): from the end of its name, else
+    from its general.file_type, else the name itself."""
     name = path.name[:-5] if path.name.endswith(".gguf") else path.name
-    return name.rsplit(".", 1)[-1] if "." in name else name
+    m = _TYPE_IN_NAME.search(name)
+    if m:
+        return m.group(1).upper()
+    try:
+        from gguf import GGUFReader, LlamaFileType
+        field = GGUFReader(str(path)).fields["general.file_type"]
+        ftype = LlamaFileType(int(field.parts[field.data[0]][0]))
+        return ftype.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except Exception:  # no gguf package, no such key, not a GGUF: the name says it
+        return name
 
 
 def warm_page_cache(path: pathlib.Path) -> None:
@@ -170,6 +202,12 @@ class Worker:
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
         self.errlog.close()
 
 
@@ -294,8 +332,9 @@ def log(msg: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", type=pathlib.Path,
-                   help="GGUF files (default: SmolLM2-135M Q4_1 and --formats variants of it)")
+    p.add_argument("--models", nargs="+",
+                   help="GGUF files or registered model names (`ffnskip models`: qwen2.5-coder-1.5b, ...; "
+                        "fetched once into the cache); default: SmolLM2-135M Q4_1 and --formats variants of it")
     p.add_argument("--formats", nargs="+", default=list(DEFAULT_FORMATS) + ["Q4_K_M"],
                    help="variants of the default model: Q4_1 (as shipped), re-encodings made "
                         "with gguf (Q8_0, F16, F32, Q4_0, ...), Q4_K_M (llama.cpp's, rebuilt from tests/data). "
@@ -335,7 +374,7 @@ def main(argv=None) -> int:
             log(msg)
             notes.append(msg)
             engines.remove("llama.cpp")
-    models = args.models if args.models else default_models(args.formats)
+    models = resolve_models(args.models) if args.models else default_models(args.formats)
     for m in [m for m in models if not m.is_file()]:
         log(f"{m}: no such file; skipped")
     models = [m for m in models if m.is_file()]
