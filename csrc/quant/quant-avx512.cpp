@@ -195,15 +195,40 @@ struct TileQ4_1 {
 
 // ---- K-quants (256-element super-blocks against Q8_K; quant-avx2.cpp's tile_q4_K, tile_q6_K) --
 
+// The Q4_K minimum terms of one super-block for all 8 token lanes at once: lane c of
+// the result is k4_mins_dot(token c's bsums, mins), the same exact integer. bs[p] holds
+// tokens 2p (low half) and 2p + 1 (high half); mins are repeated per pair of bsums.
+static inline __m256i k4_mins_dot_8(const __m512i (&bs)[4], const uint8_t* mins) {
+    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
+    const __m256i dup = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(m, m)),
+                                                _mm_unpackhi_epi16(m, m), 1);   // m0 m0 m1 m1 .. m7 m7
+    const __m512i md = both_halves(dup);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512i s[4];
+    for (int p = 0; p < 4; p++) s[p] = _mm512_madd_epi16(bs[p], md);   // 8 int32 per token
+    // Halve the lanes per token three times: 8 -> 4 -> 2 -> 1 (integer sums: exact).
+    const __m512i w01 = _mm512_add_epi32(_mm512_permutex2var_epi32(s[0], even, s[1]),
+                                         _mm512_permutex2var_epi32(s[0], odd, s[1]));   // tokens 0-3 x 4
+    const __m512i w23 = _mm512_add_epi32(_mm512_permutex2var_epi32(s[2], even, s[3]),
+                                         _mm512_permutex2var_epi32(s[2], odd, s[3]));   // tokens 4-7 x 4
+    const __m512i x = _mm512_add_epi32(_mm512_permutex2var_epi32(w01, even, w23),
+                                       _mm512_permutex2var_epi32(w01, odd, w23));       // tokens 0-7 x 2
+    const __m512i y = _mm512_add_epi32(_mm512_permutexvar_epi32(even, x), _mm512_permutexvar_epi32(odd, x));
+    return _mm512_castsi512_si256(y);
+}
+
 template <int R, int C>
 static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
     constexpr int P = (C + 1) / 2;
+    static_assert(C <= 8, "one lane of acc_m per token");
+    static const int16_t zero_bsums[QK_K / 16] = {};
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m512 acc[R][P];
-    float acc_m[R][C];
+    __m256 acc_m[R];   // lane c: token c's minimum terms, summed in block order
     for (int r = 0; r < R; r++) {
         for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
-        for (int c = 0; c < C; c++) acc_m[r][c] = 0.0f;
+        acc_m[r] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
         const block_q4_K* x[R];
@@ -235,23 +260,38 @@ static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
                 }
             }
         }
-        for (int p = 0; p < P; p++) {
-            const int c0 = 2 * p, c1 = pair_second<C>(p);
-            const block_q8_K* b0 = reinterpret_cast<const block_q8_K*>(a + c0 * as) + i;
-            const block_q8_K* b1 = reinterpret_cast<const block_q8_K*>(a + c1 * as) + i;
-            for (int r = 0; r < R; r++) {
-                const float dmin = h2f(x[r]->dmin), d = h2f(x[r]->d);
-                acc_m[r][c0] += b0->d * dmin * float(k4_mins_dot(b0->bsums, mn[r]));
-                if (c1 != c0) acc_m[r][c1] += b1->d * dmin * float(k4_mins_dot(b1->bsums, mn[r]));
-                acc[r][p] = _mm512_fmadd_ps(pair_ps(b0->d * d, b1->d * d), _mm512_cvtepi32_ps(sumi[r][p]), acc[r][p]);
-            }
+        // The block's scales for every token lane (0 past C) and the tokens' bsums, shared
+        // by the rows: each row's float arithmetic is the AVX2 kernel's, lane by lane
+        // (acc_m += (d_token * dmin) * float(mins dot), no fused multiply-add).
+        float dv[8];
+        const int16_t* bsum[8];
+        for (int c = 0; c < 8; c++) {
+            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + (c < C ? c : 0) * as) + i;
+            dv[c] = c < C ? b->d : 0.0f;
+            bsum[c] = c < C ? b->bsums : zero_bsums;
+        }
+        const __m256 d_tok = _mm256_loadu_ps(dv);
+        __m512i bs[4];
+        for (int p = 0; p < 4; p++) bs[p] = load_pair256(bsum[2 * p], bsum[2 * p + 1]);
+        for (int r = 0; r < R; r++) {
+            const __m256 mins = _mm256_cvtepi32_ps(k4_mins_dot_8(bs, mn[r]));
+            acc_m[r] = _mm256_add_ps(acc_m[r], _mm256_mul_ps(_mm256_mul_ps(d_tok, _mm256_set1_ps(h2f(x[r]->dmin))), mins));
+            // (token 2p's d * row's d) in lanes 0-7, token 2p + 1's in lanes 8-15
+            alignas(32) float dd[8];
+            _mm256_store_ps(dd, _mm256_mul_ps(d_tok, _mm256_set1_ps(h2f(x[r]->d))));
+            for (int p = 0; p < P; p++)
+                acc[r][p] = _mm512_fmadd_ps(pair_ps(dd[2 * p], dd[pair_second<C>(p)]), _mm512_cvtepi32_ps(sumi[r][p]),
+                                            acc[r][p]);
         }
     }
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        alignas(32) float m[8];
+        _mm256_store_ps(m, acc_m[r]);
         for (int p = 0; p < P; p++) {
-            y[(2 * p) * ys + r] = hsum_low(acc[r][p]) - acc_m[r][2 * p];
-            if (2 * p + 1 < C) y[(2 * p + 1) * ys + r] = hsum_high(acc[r][p]) - acc_m[r][2 * p + 1];
+            y[(2 * p) * ys + r] = hsum_low(acc[r][p]) - m[2 * p];
+            if (2 * p + 1 < C) y[(2 * p + 1) * ys + r] = hsum_high(acc[r][p]) - m[2 * p + 1];
         }
+    }
 }
 
 template <int R, int C>
