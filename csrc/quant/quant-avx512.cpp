@@ -116,6 +116,7 @@ struct TileSigned {
             __m512 dw[R];
             for (int r = 0; r < R; r++) {
                 const WB* x = reinterpret_cast<const WB*>(w + r * ws) + i;
+                prefetch_ahead<sizeof(WB)>(x);   // a few tokens' tiles are bound by memory
                 q[r] = both_halves(Q::quants(x));
                 dw[r] = bcast_h2f(&x->d);
             }
@@ -158,6 +159,7 @@ struct TileQ4_1 {
             __m512 dw[R];
             for (int r = 0; r < R; r++) {
                 const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+                prefetch_ahead<sizeof(block_q4_1)>(x);   // a few tokens' tiles are bound by memory
                 q[r] = both_halves(unpack_nibbles_32(x->qs));
                 dw[r] = bcast_h2f(&x->d);
             }
@@ -235,6 +237,7 @@ static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
         uint8_t sc[R][8], mn[R][8];
         for (int r = 0; r < R; r++) {
             x[r] = reinterpret_cast<const block_q4_K*>(w + r * ws) + i;
+            prefetch_ahead<sizeof(block_q4_K)>(x[r]);
             k4_scales(x[r]->scales, sc[r], mn[r]);
         }
         __m512i sumi[R][P];
@@ -304,7 +307,10 @@ static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
         for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         const block_q6_K* x[R];
-        for (int r = 0; r < R; r++) x[r] = reinterpret_cast<const block_q6_K*>(w + r * ws) + i;
+        for (int r = 0; r < R; r++) {
+            x[r] = reinterpret_cast<const block_q6_K*>(w + r * ws) + i;
+            prefetch_ahead<sizeof(block_q6_K)>(x[r]);
+        }
         __m512i sumi[R][P];
         for (int p = 0; p < P; p++) {
             const block_q8_K* b0 = reinterpret_cast<const block_q8_K*>(a + (2 * p) * as) + i;
