@@ -438,9 +438,9 @@ struct TileQ4_1 {
         for (int64_t i = 0; i < nb; i++) {
             __m256i q[R];
             __m128 dm[R];   // [d, m] of the weight block
-            if constexpr (R == 1 && C == 1) prefetch_ahead<sizeof(block_q4_1)>(reinterpret_cast<const block_q4_1*>(w) + i);
             for (int r = 0; r < R; r++) {
                 const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
+                prefetch_ahead<sizeof(block_q4_1)>(x);   // every row: interleaved rows defeat the hardware prefetcher
                 q[r] = unpack_nibbles_32(x->qs);
                 dm[r] = half2_to_float(&x->d);
             }
@@ -478,8 +478,8 @@ struct TileSigned {
         for (int64_t i = 0; i < nb; i++) {
             __m256i q[R], qabs[R];
             float dw[R];
-            if constexpr (R == 1 && C == 1) prefetch_ahead<sizeof(typename Q::block)>(reinterpret_cast<const typename Q::block*>(w) + i);
             for (int r = 0; r < R; r++) {
+                prefetch_ahead<sizeof(typename Q::block)>(reinterpret_cast<const typename Q::block*>(w + r * ws) + i);
                 q[r] = Q::quants(reinterpret_cast<const typename Q::block*>(w + r * ws) + i, &dw[r]);
                 qabs[r] = _mm256_sign_epi8(q[r], q[r]);
             }
