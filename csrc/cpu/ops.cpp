@@ -204,11 +204,11 @@ void matmul(ThreadPool& pool, const WeightMatrix& W, const float* x, float* y, i
     const GemmFn gemm = gemm_fn(W.type);
     const VecDotFn dot = vec_dot_fn(W.type);
     const int64_t n_out = W.n_out;
-    // Each thread takes a range of rows (whole tiles: the kernels' tiles are 2 or 3 rows
-    // high) and runs it against the tokens 64 at a time, so the activations it reuses
-    // stay in cache.
+    // Each thread takes a range of rows (whole tiles: the kernels' tiles are 2, 3 or 16
+    // rows high) and runs it against the tokens 64 at a time, so the activations it
+    // reuses stay in cache.
     const int TOKEN_BLOCK = 64;
-    const int64_t ROW_GRAIN = 24;
+    const int64_t ROW_GRAIN = 48;
     pool.parallel_for(n_out, ROW_GRAIN, [&](int, int64_t b, int64_t e) {
         for (int t0 = 0; t0 < n_tokens; t0 += TOKEN_BLOCK) {
             const int nt = std::min(TOKEN_BLOCK, n_tokens - t0);

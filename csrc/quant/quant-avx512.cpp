@@ -1,14 +1,15 @@
 // AVX-512 (F/BW/VL/DQ + VNNI) tiled matrix products. Compiled with the AVX-512 flags
 // (see cmake/compile-flags.cmake); only installed by quant.cpp after a CPUID/XGETBV
-// check, on top of the AVX2 table: Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and F16 matrix products;
-// single dot products, the other formats and most matrix-vector products of one token
-// (decoding streams the weights from memory) keep the AVX2 kernels.
+// check, on top of the AVX2 table: Q5_0, Q4_K, Q6_K and F16 matrix products; single dot
+// products, the other formats and most matrix-vector products of one token (decoding
+// streams the weights from memory) keep the AVX2 kernels. Q4_1 and Q8_0 have their own
+// file (quant-rows16-avx512.cpp) and arithmetic.
 //
 // A 512-bit register holds two AVX2 computations side by side: its low half is the 8
 // lanes of one (row, token) output exactly as the AVX2 kernel computes them, its high
 // half the next token's (tiles) or the next row's (one token). The integer part reaches the same int32 lane sums by other
 // instructions (exact, so order is free): vpdpbusd on unsigned weight bytes
-// u = q + offset (Q5_0: 16, Q8_0: 128, Q4_1: 0) from an accumulator that starts at
+// u = q + offset (Q5_0: 16) from an accumulator that starts at
 // -offset * sum(activation quants), one per activation block shared by every row of a
 // tile; vpmaddubsw + vpdpwssd for the K-quants' scaled sub-blocks. The float part is the
 // AVX2 kernel's, operation for operation, and each half is reduced by hsum_avx2. So every
@@ -81,13 +82,7 @@ static inline void store_pairs(const __m512 (&acc)[R][(C + 1) / 2], float* y, si
 
 // ---- 32-element blocks against Q8_0 / Q8_1 ---------------------------------------------
 
-// Q8_0 and Q5_0 weights (quant-avx2.cpp's TileSigned): acc += (dw * da) * sum per block.
-struct Q8_0U {
-    using block = block_q8_0;
-    static constexpr int OFFSET = 128;
-    // q + 128 as an unsigned byte is q with its top bit flipped
-    static __m256i quants(const block* x) { return _mm256_xor_si256(load256(x->qs), _mm256_set1_epi8(int8_t(0x80))); }
-};
+// Q5_0 weights (quant-avx2.cpp's TileSigned): acc += (dw * da) * sum per block.
 struct Q5_0U {
     using block = block_q5_0;
     static constexpr int OFFSET = 16;
@@ -136,64 +131,7 @@ struct TileSigned {
         store_pairs<R, C>(acc, y, ys);
     }
 };
-using TileQ8_0 = TileSigned<Q8_0U, 3, 8>;
 using TileQ5_0 = TileSigned<Q5_0U, 3, 8>;
-
-// Q4_1 (d * q + m) against Q8_1 (quant-avx2.cpp's TileQ4_1): acc += (dw * da) * sum per
-// block, and the minimum's term m * s summed apart in block order (lane c of acc_m[r] for
-// token c), added at the end.
-struct TileQ4_1 {
-    static constexpr int ROWS = 3, COLS = 8;
-    template <int R, int C>
-    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-        constexpr int P = (C + 1) / 2;
-        static_assert(C <= 8, "one lane of acc_m per token");
-        __m512 acc[R][P];
-        __m256 acc_m[R];
-        for (int r = 0; r < R; r++) {
-            for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
-            acc_m[r] = _mm256_setzero_ps();
-        }
-        for (int64_t i = 0; i < nb; i++) {
-            __m512i q[R];
-            __m512 dw[R];
-            for (int r = 0; r < R; r++) {
-                const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-                prefetch_ahead<sizeof(block_q4_1)>(x);   // a few tokens' tiles are bound by memory
-                q[r] = both_halves(unpack_nibbles_32(x->qs));
-                dw[r] = bcast_h2f(&x->d);
-            }
-            // every token's s, lane c (0 past C), put together in registers: going through
-            // a small array on the stack stalls the vector load on the narrow stores
-            uint16_t sv[8];
-            for (int c = 0; c < 8; c++) sv[c] = c < C ? (reinterpret_cast<const block_q8_1*>(a + c * as) + i)->s : 0;
-            const __m256 sa = _mm256_cvtph_ps(_mm_setr_epi16(int16_t(sv[0]), int16_t(sv[1]), int16_t(sv[2]), int16_t(sv[3]),
-                                                             int16_t(sv[4]), int16_t(sv[5]), int16_t(sv[6]), int16_t(sv[7])));
-            for (int r = 0; r < R; r++) {
-                const block_q4_1* x = reinterpret_cast<const block_q4_1*>(w + r * ws) + i;
-                acc_m[r] = _mm256_add_ps(acc_m[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(int16_t(x->m))), sa));
-            }
-            for (int p = 0; p < P; p++) {
-                const block_q8_1* b0 = reinterpret_cast<const block_q8_1*>(a + (2 * p) * as) + i;
-                const block_q8_1* b1 = reinterpret_cast<const block_q8_1*>(a + pair_second<C>(p) * as) + i;
-                const __m512i qa = load_pair256(b0->qs, b1->qs);
-                const __m512 da = pair_h2f(&b0->d, &b1->d);
-                for (int r = 0; r < R; r++) {
-                    const __m512 s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], qa));
-                    acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), s, acc[r][p]);
-                }
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            alignas(32) float m[8];
-            _mm256_store_ps(m, acc_m[r]);
-            for (int p = 0; p < P; p++) {
-                y[(2 * p) * ys + r] = hsum_low(acc[r][p]) + m[2 * p];
-                if (2 * p + 1 < C) y[(2 * p + 1) * ys + r] = hsum_high(acc[r][p]) + m[2 * p + 1];
-            }
-        }
-    }
-};
 
 // ---- K-quants (256-element super-blocks against Q8_K; quant-avx2.cpp's tile_q4_K, tile_q6_K) --
 
@@ -483,15 +421,15 @@ static void gemm_f16(int64_t n, const void* w, size_t ws, int nr, const void* a,
 }  // namespace
 
 bool quant_avx512_kernels(QuantKernels* k) {
-    // Each kernel here reproduces the AVX2 one of its type: install only over those.
+    // Each kernel here but Q4_1's and Q8_0's reproduces the AVX2 one of its type: install only over those.
     for (int t = 0; t < TYPE_TABLE_SIZE; t++) g_avx2_gemm[t] = k->gemm[t];
     auto install = [&](GgmlType t, GemmFn fn) {
         if (g_avx2_gemm[int(t)]) k->gemm[int(t)] = fn;
     };
     install(GgmlType::F16, gemm_f16);
-    install(GgmlType::Q4_1, gemm_blocks512<TileQ4_1, QK4_1, GgmlType::Q4_1, nullptr>);
+    // Q4_1, Q8_0: sixteen rows per register and their own arithmetic (quant-rows16-avx512.cpp)
+    if (g_avx2_gemm[int(GgmlType::Q4_1)] && g_avx2_gemm[int(GgmlType::Q8_0)]) quant_rows16_avx512_kernels(k);
     install(GgmlType::Q5_0, gemm_blocks512<TileQ5_0, QK5_0, GgmlType::Q5_0, rows2_signed<Q5_0U>>);
-    install(GgmlType::Q8_0, gemm_blocks512<TileQ8_0, QK8_0, GgmlType::Q8_0, rows2_signed<Q8_0U>>);
     install(GgmlType::Q4_K, gemm_blocks512<TileQ4_K, QK_K, GgmlType::Q4_K, nullptr>);
     install(GgmlType::Q6_K, gemm_blocks512<TileQ6_K, QK_K, GgmlType::Q6_K, nullptr>);
     return true;

@@ -193,5 +193,8 @@ bool quant_avx2_kernels(QuantKernels* k);
 // Overwrites the entries that have AVX-512 versions (on top of the AVX2 table); call only
 // when the CPU and OS support AVX512 F/BW/VL/DQ and VNNI. False when the build has none.
 bool quant_avx512_kernels(QuantKernels* k);
+// Q4_1's and Q8_0's AVX-512 matrix products and dot products (quant-rows16-avx512.cpp);
+// called by quant_avx512_kernels.
+bool quant_rows16_avx512_kernels(QuantKernels* k);
 
 }  // namespace ffnskip
