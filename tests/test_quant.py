@@ -459,14 +459,14 @@ def test_simd_level_matches_cpu():
         assert best == "scalar"
 
 
-ROWS16 = ("Q4_1", "Q8_0")   # AVX-512: 16 weight rows per register (quant-rows16-avx512.cpp)
+ROWS16 = ("Q4_1", "Q8_0", "Q4_K")   # AVX-512: 16 weight rows per register (quant-rows16-avx512.cpp)
 
 
 @pytest.mark.parametrize("tname", TILED)
 def test_avx512_products_have_the_avx2_bits(tname):
     """The AVX-512 matrix products (prompt batches) give, for every (row, token), the bits
     of the AVX2 dot product, on tile shapes with every kind of edge and on rows of many
-    blocks (odd counts included). Q4_1 and Q8_0 are the exception: their AVX-512 kernels
+    blocks (odd counts included). Q4_1, Q8_0 and Q4_K are the exception: their AVX-512 kernels
     put 16 rows in a register and sum each block in integers first, so they give the bits
     of the AVX-512 dot product (one arithmetic for a batch and for one token) and agree
     with the AVX2 kernel to rounding."""

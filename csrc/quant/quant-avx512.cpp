@@ -1,9 +1,9 @@
 // AVX-512 (F/BW/VL/DQ + VNNI) tiled matrix products. Compiled with the AVX-512 flags
 // (see cmake/compile-flags.cmake); only installed by quant.cpp after a CPUID/XGETBV
-// check, on top of the AVX2 table: Q5_0, Q4_K, Q6_K and F16 matrix products; single dot
+// check, on top of the AVX2 table: Q5_0, Q6_K and F16 matrix products; single dot
 // products, the other formats and most matrix-vector products of one token (decoding
-// streams the weights from memory) keep the AVX2 kernels. Q4_1 and Q8_0 have their own
-// file (quant-rows16-avx512.cpp) and arithmetic.
+// streams the weights from memory) keep the AVX2 kernels. Q4_1, Q8_0 and Q4_K have their
+// own file (quant-rows16-avx512.cpp) and arithmetic.
 //
 // A 512-bit register holds two AVX2 computations side by side: its low half is the 8
 // lanes of one (row, token) output exactly as the AVX2 kernel computes them, its high
@@ -133,107 +133,7 @@ struct TileSigned {
 };
 using TileQ5_0 = TileSigned<Q5_0U, 3, 8>;
 
-// ---- K-quants (256-element super-blocks against Q8_K; quant-avx2.cpp's tile_q4_K, tile_q6_K) --
-
-// The Q4_K minimum terms of one super-block for all 8 token lanes at once: lane c of
-// the result is k4_mins_dot(token c's bsums, mins), the same exact integer. bs[p] holds
-// tokens 2p (low half) and 2p + 1 (high half); mins are repeated per pair of bsums.
-static inline __m256i k4_mins_dot_8(const __m512i (&bs)[4], const uint8_t* mins) {
-    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
-    const __m256i dup = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(m, m)),
-                                                _mm_unpackhi_epi16(m, m), 1);   // m0 m0 m1 m1 .. m7 m7
-    const __m512i md = both_halves(dup);
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    __m512i s[4];
-    for (int p = 0; p < 4; p++) s[p] = _mm512_madd_epi16(bs[p], md);   // 8 int32 per token
-    // Halve the lanes per token three times: 8 -> 4 -> 2 -> 1 (integer sums: exact).
-    const __m512i w01 = _mm512_add_epi32(_mm512_permutex2var_epi32(s[0], even, s[1]),
-                                         _mm512_permutex2var_epi32(s[0], odd, s[1]));   // tokens 0-3 x 4
-    const __m512i w23 = _mm512_add_epi32(_mm512_permutex2var_epi32(s[2], even, s[3]),
-                                         _mm512_permutex2var_epi32(s[2], odd, s[3]));   // tokens 4-7 x 4
-    const __m512i x = _mm512_add_epi32(_mm512_permutex2var_epi32(w01, even, w23),
-                                       _mm512_permutex2var_epi32(w01, odd, w23));       // tokens 0-7 x 2
-    const __m512i y = _mm512_add_epi32(_mm512_permutexvar_epi32(even, x), _mm512_permutexvar_epi32(odd, x));
-    return _mm512_castsi512_si256(y);
-}
-
-template <int R, int C>
-static void tile_q4_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-    constexpr int P = (C + 1) / 2;
-    static_assert(C <= 8, "one lane of acc_m per token");
-    static const int16_t zero_bsums[QK_K / 16] = {};
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m512 acc[R][P];
-    __m256 acc_m[R];   // lane c: token c's minimum terms, summed in block order
-    for (int r = 0; r < R; r++) {
-        for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();
-        acc_m[r] = _mm256_setzero_ps();
-    }
-    for (int64_t i = 0; i < nb; i++) {
-        const block_q4_K* x[R];
-        uint8_t sc[R][8], mn[R][8];
-        for (int r = 0; r < R; r++) {
-            x[r] = reinterpret_cast<const block_q4_K*>(w + r * ws) + i;
-            prefetch_ahead<sizeof(block_q4_K)>(x[r]);
-            k4_scales(x[r]->scales, sc[r], mn[r]);
-        }
-        __m512i sumi[R][P];
-        for (int r = 0; r < R; r++)
-            for (int p = 0; p < P; p++) sumi[r][p] = _mm512_setzero_si512();
-        for (int k = 0; k < 4; k++) {
-            __m512i lo[R], hi[R], slo[R], shi[R];
-            for (int r = 0; r < R; r++) {
-                const __m256i qv = load256(x[r]->qs + 32 * k);
-                lo[r] = both_halves(_mm256_and_si256(qv, m4));
-                hi[r] = both_halves(_mm256_and_si256(_mm256_srli_epi16(qv, 4), m4));
-                slo[r] = _mm512_set1_epi16(sc[r][2 * k]);
-                shi[r] = _mm512_set1_epi16(sc[r][2 * k + 1]);
-            }
-            for (int p = 0; p < P; p++) {
-                const block_q8_K* b0 = reinterpret_cast<const block_q8_K*>(a + (2 * p) * as) + i;
-                const block_q8_K* b1 = reinterpret_cast<const block_q8_K*>(a + pair_second<C>(p) * as) + i;
-                const __m512i ya = load_pair256(b0->qs + 64 * k, b1->qs + 64 * k);
-                const __m512i yb = load_pair256(b0->qs + 64 * k + 32, b1->qs + 64 * k + 32);
-                for (int r = 0; r < R; r++) {
-                    sumi[r][p] = _mm512_dpwssd_epi32(sumi[r][p], _mm512_maddubs_epi16(lo[r], ya), slo[r]);
-                    sumi[r][p] = _mm512_dpwssd_epi32(sumi[r][p], _mm512_maddubs_epi16(hi[r], yb), shi[r]);
-                }
-            }
-        }
-        // The block's scales for every token lane (0 past C) and the tokens' bsums, shared
-        // by the rows: each row's float arithmetic is the AVX2 kernel's, lane by lane
-        // (acc_m += (d_token * dmin) * float(mins dot), no fused multiply-add).
-        float dv[8];
-        const int16_t* bsum[8];
-        for (int c = 0; c < 8; c++) {
-            const block_q8_K* b = reinterpret_cast<const block_q8_K*>(a + (c < C ? c : 0) * as) + i;
-            dv[c] = c < C ? b->d : 0.0f;
-            bsum[c] = c < C ? b->bsums : zero_bsums;
-        }
-        const __m256 d_tok = _mm256_loadu_ps(dv);
-        __m512i bs[4];
-        for (int p = 0; p < 4; p++) bs[p] = load_pair256(bsum[2 * p], bsum[2 * p + 1]);
-        for (int r = 0; r < R; r++) {
-            const __m256 mins = _mm256_cvtepi32_ps(k4_mins_dot_8(bs, mn[r]));
-            acc_m[r] = _mm256_add_ps(acc_m[r], _mm256_mul_ps(_mm256_mul_ps(d_tok, _mm256_set1_ps(h2f(x[r]->dmin))), mins));
-            // (token 2p's d * row's d) in lanes 0-7, token 2p + 1's in lanes 8-15
-            alignas(32) float dd[8];
-            _mm256_store_ps(dd, _mm256_mul_ps(d_tok, _mm256_set1_ps(h2f(x[r]->d))));
-            for (int p = 0; p < P; p++)
-                acc[r][p] = _mm512_fmadd_ps(pair_ps(dd[2 * p], dd[pair_second<C>(p)]), _mm512_cvtepi32_ps(sumi[r][p]),
-                                            acc[r][p]);
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        alignas(32) float m[8];
-        _mm256_store_ps(m, acc_m[r]);
-        for (int p = 0; p < P; p++) {
-            y[(2 * p) * ys + r] = hsum_low(acc[r][p]) - m[2 * p];
-            if (2 * p + 1 < C) y[(2 * p + 1) * ys + r] = hsum_high(acc[r][p]) - m[2 * p + 1];
-        }
-    }
-}
+// ---- Q6_K (256-element super-blocks against Q8_K; quant-avx2.cpp's tile_q6_K) --------------
 
 template <int R, int C>
 static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
@@ -293,13 +193,6 @@ static void tile_q6_K(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a,
     store_pairs<R, C>(acc, y, ys);
 }
 
-struct TileQ4_K {
-    static constexpr int ROWS = 2, COLS = 8;
-    template <int R, int C>
-    static void run(int64_t nb, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* y, size_t ys) {
-        tile_q4_K<R, C>(nb, w, ws, a, as, y, ys);
-    }
-};
 struct TileQ6_K {
     static constexpr int ROWS = 2, COLS = 8;
     template <int R, int C>
@@ -421,17 +314,17 @@ static void gemm_f16(int64_t n, const void* w, size_t ws, int nr, const void* a,
 }  // namespace
 
 bool quant_avx512_kernels(QuantKernels* k) {
-    // Each kernel here but Q4_1's and Q8_0's reproduces the AVX2 one of its type: install only over those.
+    // Each kernel here (Q4_1, Q8_0 and Q4_K are in quant-rows16-avx512.cpp) reproduces the AVX2 one of its type: install only over those.
     for (int t = 0; t < TYPE_TABLE_SIZE; t++) g_avx2_gemm[t] = k->gemm[t];
     auto install = [&](GgmlType t, GemmFn fn) {
         if (g_avx2_gemm[int(t)]) k->gemm[int(t)] = fn;
     };
     install(GgmlType::F16, gemm_f16);
-    // Q4_1, Q8_0: sixteen rows per register and their own arithmetic (quant-rows16-avx512.cpp)
-    if (g_avx2_gemm[int(GgmlType::Q4_1)] && g_avx2_gemm[int(GgmlType::Q8_0)]) quant_rows16_avx512_kernels(k);
     install(GgmlType::Q5_0, gemm_blocks512<TileQ5_0, QK5_0, GgmlType::Q5_0, rows2_signed<Q5_0U>>);
-    install(GgmlType::Q4_K, gemm_blocks512<TileQ4_K, QK_K, GgmlType::Q4_K, nullptr>);
     install(GgmlType::Q6_K, gemm_blocks512<TileQ6_K, QK_K, GgmlType::Q6_K, nullptr>);
+    // Q4_1, Q8_0, Q4_K: sixteen rows per register and their own arithmetic (quant-rows16-avx512.cpp)
+    if (g_avx2_gemm[int(GgmlType::Q4_1)] && g_avx2_gemm[int(GgmlType::Q8_0)] && g_avx2_gemm[int(GgmlType::Q4_K)])
+        quant_rows16_avx512_kernels(k);
     return true;
 }
 
