@@ -110,13 +110,16 @@ __device__ __forceinline__ void merge_warps(float m, float l, const float (&acc)
 
 __global__ void attention_kernel(const float* __restrict__ q, const __half* __restrict__ k_cache,
                                  const __half* __restrict__ v_cache, float* __restrict__ out, int n_head,
-                                 int n_head_kv, int head_dim, float scale, const int* pos, const int* skip) {
+                                 int n_head_kv, int head_dim, float scale, const int* pos, const int* skip,
+                                 RowSlots rows) {
     wait_for_inputs();
     if (skipped(skip)) return;
     const int h = blockIdx.x, t = blockIdx.y;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int kvh = h / (n_head / n_head_kv);
-    const int n_keys = *pos + t + 1;
+    const int n_keys = token_pos(pos, t, rows) + 1;
+    k_cache += cache_offset(t, rows);
+    v_cache += cache_offset(t, rows);
 
     float qr[PER_LANE], acc[PER_LANE];
     load_query(q, t, h, n_head, head_dim, lane, qr);
@@ -343,21 +346,21 @@ void AttentionSplits::place(void* base, int n_head, int head_dim) {
 
 void attention(const float* q, const __half* k_cache, const __half* v_cache, float* out, int n_tokens, int n_head,
                int n_head_kv, int head_dim, const int* pos, const int* skip, const Launch& l,
-               const AttentionSplits* splits) {
+               const AttentionSplits* splits, const RowSlots& rows) {
     const float scale = 1.0f / std::sqrt((float)head_dim);
-    if (n_tokens > 1 && l.attn_tiled) {
+    if (n_tokens > 1 && l.attn_tiled && !rows.slot) {
         if (head_dim <= 64) launch_tiled<2>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
         else if (head_dim <= 128) launch_tiled<4>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
         else launch_tiled<8>(l, q, k_cache, v_cache, out, n_tokens, n_head, n_head_kv, head_dim, scale, pos, skip);
         return;
     }
-    if (n_tokens == 1 && splits && splits->n_splits > 1) {
+    if (n_tokens == 1 && splits && splits->n_splits > 1 && !rows.slot) {
         launch(l, attention_split_kernel, dim3(n_head, splits->n_splits), 32 * SPLIT_WARPS, 0, q, k_cache, v_cache, out,
                n_head, n_head_kv, head_dim, scale, pos, skip, *splits);
         return;
     }
     launch(l, attention_kernel, dim3(n_head, n_tokens), 32 * ATTN_WARPS, 0, q, k_cache, v_cache, out, n_head, n_head_kv,
-           head_dim, scale, pos, skip);
+           head_dim, scale, pos, skip, rows);
 }
 
 }  // namespace cuda

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/cuda-common.cuh"
 #include "cuda/launch.cuh"
 
 namespace ffnskip {
@@ -28,10 +29,11 @@ struct AttentionSplits {
 // q, out: (n_tokens, n_head * head_dim); caches: (n_ctx, n_head_kv * head_dim).
 // Token t (at position *pos + t) sees keys 0 .. *pos + t. Query heads share key/value
 // heads in groups of n_head / n_head_kv. A decode step (one token) splits each head's
-// keys over splits->n_splits blocks when splits is given with n_splits > 1.
+// keys over splits->n_splits blocks when splits is given with n_splits > 1. With rows.slot,
+// the n_tokens are the rows of a batch, each over its own slot's cache (cuda-common.cuh).
 void attention(const float* q, const __half* k_cache, const __half* v_cache, float* out, int n_tokens, int n_head,
                int n_head_kv, int head_dim, const int* pos, const int* skip, const Launch& l,
-               const AttentionSplits* splits = nullptr);
+               const AttentionSplits* splits = nullptr, const RowSlots& rows = {});
 
 }  // namespace cuda
 }  // namespace ffnskip

@@ -146,6 +146,7 @@ class CudaForward : public Backend {
     // separate allocation, made on the first forward_rows.
     struct RowsBlock {
         int32_t* pos = nullptr;        // (n_batch) position of each row
+        int32_t* slots = nullptr;      // (n_batch) KV cache slot of each row
         int32_t* ffn_rows = nullptr;   // (n_layer, n_batch) per layer: the rows whose FFN runs
         double* cosines = nullptr;     // (n_layer, n_batch) the gate's cosine of each of those rows
         size_t bytes = 0;

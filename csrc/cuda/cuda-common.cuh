@@ -34,6 +34,23 @@ void throw_cuda_error(cudaError_t err, const char* what, const char* file, int l
 
 __device__ __forceinline__ bool skipped(const int* skip) { return skip != nullptr && *skip != 0; }
 
+// The rows of a batched step (forward_rows): token t is the next token of the sequence in
+// KV cache slot slot[t], at position pos[t] (pos then points at n positions, one per row,
+// instead of the first of n consecutive ones). The layer's cache pointer is slot 0's;
+// slot s starts slot_elems elements further on. slot == nullptr: one sequence.
+struct RowSlots {
+    const int* slot = nullptr;   // device (n_tokens)
+    int64_t slot_elems = 0;
+};
+
+// Where token t of a step sits: its position and the offset of its sequence's cache.
+__device__ __forceinline__ int token_pos(const int* pos, int t, const RowSlots& rows) {
+    return rows.slot ? pos[t] : *pos + t;
+}
+__device__ __forceinline__ int64_t cache_offset(int t, const RowSlots& rows) {
+    return rows.slot ? (int64_t)rows.slot[t] * rows.slot_elems : 0;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

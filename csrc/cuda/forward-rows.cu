@@ -2,9 +2,9 @@
 // sequences, each in its own KV cache slot at its own position (the CPU's
 // forward-batch.cpp). The matrix products take the rows together (cuBLAS GEMMs beyond
 // one row, so each weight is read once per step for the whole batch; a few rows of
-// quantized weights take the decode kernel once per row, see mul_rows); RoPE, the cache
-// writes and attention run one row at a time over the row's slot with the decode
-// kernels. Each row's FFN skip schedule is asked on the host, layer by layer; a layer's
+// quantized weights take the decode kernel once per row, see mul_rows); RoPE with the
+// cache writes, and attention, are one launch each for all rows, every row over its own
+// slot (cuda::RowSlots). Each row's FFN skip schedule is asked on the host, layer by layer; a layer's
 // FFN runs for the rows that need it, gathered together, and not at all when none
 // does. Where a row's gate wants its cosine the step waits for that layer's cosines.
 #include <algorithm>
@@ -90,6 +90,7 @@ void CudaForward::RowsBlock::place(void* base, int32_t n_batch, int32_t n_layer)
     size_t off = 0;
     auto take = [&](size_t bytes) { uint8_t* at = p ? p + off : nullptr; off += (bytes + 255) / 256 * 256; return at; };
     pos = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_batch));
+    slots = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_batch));
     ffn_rows = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * n_batch * n_layer));
     cosines = reinterpret_cast<double*>(take(sizeof(double) * n_batch * n_layer));
     bytes = off;
@@ -128,13 +129,17 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
     }
     cudaStream_t st = stream_;
     const cuda::Launch& s = launch_;
-    const int q_width = hp.n_head * hp.head_dim;
 
-    // The step's tokens and positions (pinned, so the copies run asynchronously).
+    // The step's tokens, positions and slots (pinned, so the copies run asynchronously;
+    // slots follow positions in the block: one copy).
     std::copy(tokens, tokens + n, step_h_.tokens);
     std::copy(pos, pos + n, rows_h_.pos);
+    std::copy(slots, slots + n, rows_h_.slots);
     FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(step_d_.tokens, step_h_.tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.pos, rows_h_.pos, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    const size_t pos_and_slots = reinterpret_cast<uint8_t*>(rows_h_.slots + n) - reinterpret_cast<uint8_t*>(rows_h_.pos);
+    FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.pos, rows_h_.pos, pos_and_slots, cudaMemcpyHostToDevice, st));
+    // Every row's RoPE, cache store and attention in one launch each, over its own slot.
+    const cuda::RowSlots row_slots{rows_d_.slots, (int64_t)n_ctx_ * kv_width_};
 
     cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, s);
     for (int il = 0; il < hp.n_layer; il++) {
@@ -145,14 +150,10 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         mul_rows(L.wq, xb_, q_, n);
         mul_rows(L.wk, xb_, k_, n);
         mul_rows(L.wv, xb_, v_, n);
-        for (int t = 0; t < n; t++) {
-            float* q = q_ + (size_t)t * q_width;
-            cuda::rope_store_kv(k_ + (size_t)t * kv_width_, v_ + (size_t)t * kv_width_, k_cache(il, slots[t]),
-                                v_cache(il, slots[t]), 1, hp.n_head_kv, rope_, rows_d_.pos + t, nullptr, s, q,
-                                hp.n_head, nullptr, L.bias);
-            cuda::attention(q, k_cache(il, slots[t]), v_cache(il, slots[t]), att_ + (size_t)t * q_width, 1, hp.n_head,
-                            hp.n_head_kv, hp.head_dim, rows_d_.pos + t, nullptr, s);
-        }
+        cuda::rope_store_kv(k_, v_, k_cache(il, 0), v_cache(il, 0), n, hp.n_head_kv, rope_, rows_d_.pos, nullptr, s, q_,
+                            hp.n_head, nullptr, L.bias, row_slots);
+        cuda::attention(q_, k_cache(il, 0), v_cache(il, 0), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, rows_d_.pos,
+                        nullptr, s, nullptr, row_slots);
         mul_rows(L.wo, att_, xb2_, n);
         cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
 

@@ -13,7 +13,7 @@ namespace {
 // needs only its rotated pairs unless it has a bias to add (q_pairs).
 __global__ void rope_store_kernel(float* q, int n_head, int q_pairs, const int* skip_q, const float* k, const float* v,
                                   __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv, RopeParams rp,
-                                  const int* pos, const int* skip, QkvBias bias) {
+                                  const int* pos, const int* skip, QkvBias bias, RowSlots rows) {
     wait_for_inputs();
     const int pairs = rp.head_dim / 2;
     const int half = rp.n_rot / 2;
@@ -35,7 +35,7 @@ __global__ void rope_store_kernel(float* q, int n_head, int q_pairs, const int* 
         }
         if (i < half) {
             float c, s;
-            rope_angle(*pos + t, i, rp, &c, &s);
+            rope_angle(token_pos(pos, t, rows), i, rp, &c, &s);
             const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
             x0 = r0;
             x1 = r1;
@@ -49,11 +49,11 @@ __global__ void rope_store_kernel(float* q, int n_head, int q_pairs, const int* 
     const int h = (int)((idx / pairs) % n_head_kv);
     const int t = (int)(idx / ((int64_t)pairs * n_head_kv));
     const int kv_width = n_head_kv * rp.head_dim;
-    const int p = *pos + t;
+    const int p = token_pos(pos, t, rows);
     int e0, e1;
     rope_pair(i, rp, &e0, &e1);
     const int b0 = h * rp.head_dim + e0, b1 = h * rp.head_dim + e1;   // within a token's row
-    const int64_t src = (int64_t)t * kv_width, dst = (int64_t)p * kv_width;
+    const int64_t src = (int64_t)t * kv_width, dst = cache_offset(t, rows) + (int64_t)p * kv_width;
     float x0 = k[src + b0], x1 = k[src + b1];
     float v0 = v[src + b0], v1 = v[src + b1];
     if (bias.k) {
@@ -83,11 +83,11 @@ unsigned blocks(int64_t n) { return (unsigned)((n + 127) / 128); }
 
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
                    const RopeParams& rp, const int* pos, const int* skip, const Launch& l, float* q, int n_head,
-                   const int* skip_q, const QkvBias& bias) {
+                   const int* skip_q, const QkvBias& bias, const RowSlots& rows) {
     const int q_pairs = bias.q ? rp.head_dim / 2 : rp.n_rot / 2;
     const int64_t n = (int64_t)n_tokens * n_head_kv * (rp.head_dim / 2) + (q ? (int64_t)n_tokens * n_head * q_pairs : 0);
     launch(l, rope_store_kernel, blocks(n), 128, 0, q, n_head, q_pairs, skip_q, k, v, k_cache, v_cache, n_tokens,
-           n_head_kv, rp, pos, skip, bias);
+           n_head_kv, rp, pos, skip, bias, rows);
 }
 
 }  // namespace cuda

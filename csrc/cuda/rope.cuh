@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "cuda/cuda-common.cuh"
 #include "cuda/launch.cuh"
 
 namespace ffnskip {
@@ -56,10 +57,11 @@ __device__ __forceinline__ void rope_angle(int p, int i, const RopeParams& rp, f
 // Adds the biases to k and v (n_tokens, kv_width), rotates k and stores k, v as fp16 at
 // rows *pos + t of one layer's caches k_cache, v_cache (n_ctx, kv_width); with q given,
 // also adds its bias to q (n_tokens, n_head, head_dim) and rotates it in place (unless
-// *skip_q), in the same launch.
+// *skip_q), in the same launch. With rows.slot, token t is a batch row stored at row pos[t]
+// of its own slot's caches (cuda-common.cuh).
 void rope_store_kv(const float* k, const float* v, __half* k_cache, __half* v_cache, int n_tokens, int n_head_kv,
                    const RopeParams& rp, const int* pos, const int* skip, const Launch& l, float* q = nullptr,
-                   int n_head = 0, const int* skip_q = nullptr, const QkvBias& bias = {});
+                   int n_head = 0, const int* skip_q = nullptr, const QkvBias& bias = {}, const RowSlots& rows = {});
 
 }  // namespace cuda
 }  // namespace ffnskip

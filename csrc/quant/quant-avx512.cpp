@@ -1,8 +1,8 @@
 // AVX-512 (F/BW/VL/DQ + VNNI) tiled matrix products. Compiled with the AVX-512 flags
 // (see cmake/compile-flags.cmake); only installed by quant.cpp after a CPUID/XGETBV
-// check, on top of the AVX2 table: Q5_0, Q6_K and F16 matrix products; single dot
-// products, the other formats and most matrix-vector products of one token (decoding
-// streams the weights from memory) keep the AVX2 kernels. Q4_1, Q8_0 and Q4_K have their
+// check, on top of the AVX2 table: Q5_0, Q6_K and F16 matrix products, and Q6_K's dot
+// product; the other formats' single dot products and most matrix-vector products of one
+// token (decoding streams the weights from memory) keep the AVX2 kernels. Q4_1, Q8_0 and Q4_K have their
 // own file (quant-rows16-avx512.cpp) and arithmetic.
 //
 // A 512-bit register holds two AVX2 computations side by side: its low half is the 8
@@ -272,6 +272,43 @@ static void rows2_signed(int64_t n, const uint8_t* w0, const uint8_t* w1, const 
     *y1 = hsum_high(acc);
 }
 
+// Q6_K, one row and one token: a super-block's two 128-element halves side by side, so the
+// row is still read as one stream. The halves' int32 lanes are added (exact) before the
+// float step, which is then the AVX2 kernel's: same bits, half the integer instructions.
+static float dot_q6_K_q8_K(int64_t n, const void* vw, const void* va) {
+    const block_q6_K* x = static_cast<const block_q6_K*>(vw);
+    const block_q8_K* y = static_cast<const block_q8_K*>(va);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m2 = _mm512_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_ahead<sizeof(block_q6_K)>(x + i);
+        const int8_t* sc = x[i].scales;
+        // quants are stored as q + 32 (0..63): subtract 32 * sum_j sc[j] * bsums[j] at the end
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y[i].bsums)), 5);
+        const __m512i lowbits[2] = {load_pair256(x[i].ql, x[i].ql + 64), load_pair256(x[i].ql + 32, x[i].ql + 96)};
+        const __m512i qh = load_pair256(x[i].qh, x[i].qh + 32);
+        __m512i sumi = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {
+            const __m512i low = k < 2 ? _mm512_and_si512(lowbits[k], m4)
+                                      : _mm512_and_si512(_mm512_srli_epi16(lowbits[k & 1], 4), m4);
+            const __m512i high = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), m2);
+            const __m512i q = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+            // 128-bit lanes 0, 1: the first half's scales of elements 0-15 and 16-31; lanes 2, 3: the second's
+            const __m512i scl = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_set1_epi16(sc[2 * k]), _mm_set1_epi16(sc[2 * k + 1]), 1)),
+                _mm256_inserti128_si256(_mm256_set1_epi16(sc[8 + 2 * k]), _mm_set1_epi16(sc[9 + 2 * k]), 1), 1);
+            const __m512i q8 = load_pair256(y[i].qs + 32 * k, y[i].qs + 128 + 32 * k);
+            sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(q, q8), scl);
+        }
+        const __m256i sum = _mm256_sub_epi32(
+            _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1)), offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * h2f(x[i].d)), _mm256_cvtepi32_ps(sum), acc);
+    }
+    return hsum_avx2(acc);
+}
+
 // The AVX2 matrix products, kept for what the kernels here do not cover.
 static GemmFn g_avx2_gemm[TYPE_TABLE_SIZE];
 
@@ -295,6 +332,16 @@ static void gemm_blocks512(int64_t n, const void* w, size_t ws, int nr, const vo
         return g_avx2_gemm[int(T)](n, w, ws, nr, a, as, nt, y, ys);
     }
     gemm_tiled<K>(n / qk, w, ws, nr, a, as, nt, y, ys);
+}
+
+static void gemm_q6_K(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
+                      size_t ys) {
+    if (nt == 1) {
+        const uint8_t* wb = static_cast<const uint8_t*>(w);
+        for (int r = 0; r < nr; r++) y[r] = dot_q6_K_q8_K(n, wb + r * ws, a);
+        return;
+    }
+    gemm_tiled<TileQ6_K>(n / QK_K, w, ws, nr, a, as, nt, y, ys);
 }
 
 static void gemm_f16(int64_t n, const void* w, size_t ws, int nr, const void* a, size_t as, int nt, float* y,
@@ -321,7 +368,8 @@ bool quant_avx512_kernels(QuantKernels* k) {
     };
     install(GgmlType::F16, gemm_f16);
     install(GgmlType::Q5_0, gemm_blocks512<TileQ5_0, QK5_0, GgmlType::Q5_0, rows2_signed<Q5_0U>>);
-    install(GgmlType::Q6_K, gemm_blocks512<TileQ6_K, QK_K, GgmlType::Q6_K, nullptr>);
+    install(GgmlType::Q6_K, gemm_q6_K);
+    if (g_avx2_gemm[int(GgmlType::Q6_K)]) k->vec_dot[int(GgmlType::Q6_K)] = dot_q6_K_q8_K;
     // Q4_1, Q8_0, Q4_K: sixteen rows per register and their own arithmetic (quant-rows16-avx512.cpp)
     if (g_avx2_gemm[int(GgmlType::Q4_1)] && g_avx2_gemm[int(GgmlType::Q8_0)] && g_avx2_gemm[int(GgmlType::Q4_K)])
         quant_rows16_avx512_kernels(k);
