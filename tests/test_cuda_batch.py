@@ -3,9 +3,9 @@ reference forward and against the CPU's BatchSession, which test_batch.py holds 
 bit for bit, to lone Sessions.
 
 The GPU batch multiplies all rows of a step with cuBLAS (F16 activations for F16 and
-the block formats, as its prompt batches do; float for F32) and runs RoPE, the cache
-writes and attention per row with the decode kernels: the reference tolerances are
-test_cuda.py's. Skip decisions that do not depend on the arithmetic (random, layers,
+the block formats, as its prompt batches do; float for F32) and runs RoPE with the
+cache writes, and attention, in one launch each for all rows, every row over its own
+slot: the reference tolerances are test_cuda.py's. Skip decisions that do not depend on the arithmetic (random, layers,
 none) must equal the CPU's exactly; the cosine gate's may differ where a cosine falls
 within rounding of the threshold.
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import ffnskip
+from ffnskip import surrogate as sg
 from ffnskip.batch import BatchGenerator, BatchSession
 from reference_forward import ReferenceModel
 
@@ -141,3 +142,49 @@ def test_cuda_batch_vote_equals_cpu(gpu, synthetic_model):
         np.testing.assert_array_equal(out["cuda"][0][i], out["cpu"][0][i], err_msg=f"sequence {i}")
     np.testing.assert_array_equal(out["cuda"][0][0], out["cuda"][0][1])   # the vote: one mask for all rows
     assert out["cuda"][1].ffn_bytes_read == out["cpu"][1].ffn_bytes_read < out["cpu"][1].ffn_bytes
+
+
+def _sidecar(path, n_embd, n_layer, layers, rank, seed, dtype):
+    """Random surrogates for `layers` (rank 0: the bias alone)."""
+    rng = np.random.default_rng(seed)
+    sur = {il: sg.Surrogate(bias=rng.standard_normal(n_embd) * 0.05, up=rng.standard_normal((rank, n_embd)) * 0.1,
+                            down=rng.standard_normal((n_embd, rank)) * 0.1) for il in layers}
+    sg.save(path, sur, n_embd=n_embd, n_layer=n_layer, dtype=dtype)
+    return str(path)
+
+
+def test_cuda_batch_surrogates_equal_cpu(gpu, synthetic_model, tmp_path):
+    """Left-out FFNs with surrogates in a GPU batch, rows on different sidecars (F32,
+    F16, bias only) and one without: the masks, the surrogates run and the bytes read
+    equal the CPU batch's; the logits agree within the F32 tolerance."""
+    n_layer = 6
+    model = ffnskip.Model(str(synthetic_model(weight_type="F32", **{**SHAPE, "n_layer": n_layer})))
+    d = SHAPE["n_embd"]
+    cars = [_sidecar(tmp_path / "a.gguf", d, n_layer, range(1, 5), 8, 1, "f32"),
+            _sidecar(tmp_path / "b.gguf", d, n_layer, [2, 3], 4, 2, "f16"),
+            _sidecar(tmp_path / "c.gguf", d, n_layer, [1, 2, 3, 4], 0, 3, "f32")]
+    common = dict(cold_start=0, cold_end=0, warmup=0, refresh_every=0, record_masks=True)
+    skips = [ffnskip.skip_config("random", target_ratio=0.5, seed=1, surrogates=cars[0], **common),
+             ffnskip.skip_config("layers", layers=[2, 3, 4], surrogates=cars[1], **common),
+             ffnskip.skip_config("random", target_ratio=0.4, seed=2, surrogates=cars[2], **common)]
+    plan = np.random.default_rng(6).integers(0, 256, size=(3, 10)).tolist()
+    out = {}
+    for backend in ("cpu", "cuda"):
+        b = BatchSession(model, n_seq=3, n_ctx=64, backend=backend)
+        ids = [b.add_sequence(p, skip=k) for p, k in zip(PROMPTS, skips)]
+        logits = [[] for _ in ids]
+        for k in range(10):
+            got = b.step([(s, plan[i][k]) for i, s in enumerate(ids)])
+            for i in range(3):
+                logits[i].append(got[i])
+        out[backend] = (logits, [b.skip_stats(s) for s in ids], b.stats())
+    (cpu_logits, cpu_stats, cpu_batch), (gpu_logits, gpu_stats, gpu_batch) = out["cpu"], out["cuda"]
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(gpu_stats[i].masks), np.asarray(cpu_stats[i].masks),
+                                      err_msg=f"sequence {i}")
+        assert gpu_stats[i].surrogates_run == cpu_stats[i].surrogates_run, f"sequence {i}"
+        for k in range(10):
+            _close(gpu_logits[i][k], cpu_logits[i][k], 1e-3, f"sequence {i} step {k}")
+    assert gpu_stats[1].surrogates_run > 0 and gpu_stats[0].surrogates_run > 0
+    assert gpu_batch.surrogate_bytes_read == cpu_batch.surrogate_bytes_read > 0
+    assert gpu_batch.ffn_bytes_read == cpu_batch.ffn_bytes_read

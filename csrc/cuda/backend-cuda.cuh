@@ -63,14 +63,16 @@ class CudaForward : public Backend {
     int32_t n_batch() const override { return n_batch_; }
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits, SkipSchedule* skip,
                          bool decode_step) override;
-    // Batched decoding (forward-rows.cu): eager launches, no graph; RoPE, cache writes
-    // and attention one row at a time over the row's slot, the products over all rows
-    // (cuBLAS beyond one row), each FFN over the rows whose schedule runs it.
+    // Batched decoding (forward-rows.cu): eager launches, no graph; RoPE with the cache
+    // writes and attention one launch each for all rows, each over its own slot; the
+    // products over all rows (cuBLAS beyond one row), each FFN over the rows whose
+    // schedule runs it, each surrogate over the left-out rows whose sidecar has it.
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                               SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
                               SkipSchedule* const* skips, RowsStep* step) override;
     bool runs_surrogates() const override { return true; }
+    bool runs_surrogates_in_batches() const override { return true; }
     void prepare_surrogates(const std::shared_ptr<const SurrogateSet>& set) override;
 
   private:
@@ -147,7 +149,8 @@ class CudaForward : public Backend {
     struct RowsBlock {
         int32_t* pos = nullptr;        // (n_batch) position of each row
         int32_t* slots = nullptr;      // (n_batch) KV cache slot of each row
-        int32_t* ffn_rows = nullptr;   // (n_layer, n_batch) per layer: the rows whose FFN runs
+        int32_t* ffn_rows = nullptr;   // (n_layer, n_batch) per layer: the rows whose FFN runs, then
+                                       // the left-out rows with a surrogate, grouped by sidecar
         double* cosines = nullptr;     // (n_layer, n_batch) the gate's cosine of each of those rows
         size_t bytes = 0;
         void place(void* base, int32_t n_batch, int32_t n_layer);
@@ -156,6 +159,14 @@ class CudaForward : public Backend {
     void* rows_dev_mem_ = nullptr;
     void* rows_host_mem_ = nullptr;
     std::vector<uint8_t> row_runs_;   // (rows) 1 = the row runs this layer's FFN
+    // The batch's surrogate sidecars on the device, one upload per set (rows may use
+    // different ones), and which of them each row of the current step uses (or null).
+    std::vector<std::unique_ptr<cuda::DeviceSurrogates>> batch_surrogates_;
+    std::vector<const cuda::DeviceSurrogates*> row_surrogates_;   // (rows)
+    std::vector<const cuda::DeviceSurrogates*> sur_groups_;       // a layer's sidecars in use
+    std::vector<int> group_start_;                                // (groups + 1) their rows
+    const cuda::DeviceSurrogates* batch_surrogates(const std::shared_ptr<const SurrogateSet>& set,
+                                                   const SkipSchedule* const* skips, int32_t n);
     // FFN surrogates (skip/surrogate.h), uploaded by prepare_surrogates; the decode graph
     // holds their kernels for the layers that have one, so a new set drops the graph.
     std::unique_ptr<cuda::DeviceSurrogates> surrogates_;

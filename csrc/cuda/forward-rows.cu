@@ -6,7 +6,9 @@
 // cache writes, and attention, are one launch each for all rows, every row over its own
 // slot (cuda::RowSlots). Each row's FFN skip schedule is asked on the host, layer by layer; a layer's
 // FFN runs for the rows that need it, gathered together, and not at all when none
-// does. Where a row's gate wants its cosine the step waits for that layer's cosines.
+// does; a left-out row whose sidecar has a surrogate for the layer runs it instead,
+// the rows of one sidecar together (as the CPU's forward-batch.cpp). Where a row's
+// gate wants its cosine the step waits for that layer's cosines.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -17,6 +19,8 @@
 #include "cuda/elementwise.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
+#include "skip/skip-policy.h"
+#include "skip/surrogate.h"
 
 namespace ffnskip {
 
@@ -109,6 +113,26 @@ const float* CudaForward::forward_slot(int32_t slot, const int32_t* tokens, int3
     return forward(tokens, n, pos, all_logits, skip, false);
 }
 
+// The device copy of `set`, uploaded on first use. Sets that none of the step's rows
+// use are dropped once there are more than slots (a row keeps one sidecar for life).
+const cuda::DeviceSurrogates* CudaForward::batch_surrogates(const std::shared_ptr<const SurrogateSet>& set,
+                                                            const SkipSchedule* const* skips, int32_t n) {
+    for (const auto& d : batch_surrogates_)
+        if (d->host() == set.get()) return d.get();
+    if ((int)batch_surrogates_.size() >= n_slots_) {
+        FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        auto unused = [&](const std::unique_ptr<cuda::DeviceSurrogates>& d) {
+            for (int t = 0; t < n; t++)
+                if (skips[t] && skips[t]->surrogate_set().get() == d->host()) return false;
+            return true;
+        };
+        batch_surrogates_.erase(std::remove_if(batch_surrogates_.begin(), batch_surrogates_.end(), unused),
+                                batch_surrogates_.end());
+    }
+    batch_surrogates_.push_back(std::make_unique<cuda::DeviceSurrogates>(set, m_.hp.n_embd));
+    return batch_surrogates_.back().get();
+}
+
 const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
                                        SkipSchedule* const* skips, RowsStep* step) {
     const HParams& hp = m_.hp;
@@ -127,6 +151,11 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         FFNSKIP_CUDA_CHECK(cudaMallocHost(&rows_host_mem_, rows_d_.bytes));
         rows_h_.place(rows_host_mem_, n_batch_, hp.n_layer);
     }
+    // Each row's surrogate sidecar on the device (uploads happen here, before the step).
+    row_surrogates_.assign(n, nullptr);
+    for (int t = 0; t < n; t++)
+        if (skips && skips[t] && skips[t]->surrogate_set())
+            row_surrogates_[t] = batch_surrogates(skips[t]->surrogate_set(), skips, n);
     cudaStream_t st = stream_;
     const cuda::Launch& s = launch_;
 
@@ -169,28 +198,64 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
             rows_h[nr++] = t;
             want_cosines |= skips && skips[t] && skips[t]->wants_cosine(il);
         }
-        if (nr == 0) continue;   // no row needs this FFN: its weights are not read
-        if (step) step->ffn_bytes_read += L.ffn_gate.row_bytes * L.ffn_gate.n_out + L.ffn_up.row_bytes * L.ffn_up.n_out +
-                                          L.ffn_down.row_bytes * L.ffn_down.n_out;
-
-        // ---- feed-forward of those rows: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
-        FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d, rows_h, nr * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-        gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
-        FFNSKIP_CUDA_CHECK(cudaGetLastError());
-        cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
-        mul_rows(L.ffn_gate, xb_, hb_, nr);
-        mul_rows(L.ffn_up, xb_, hb2_, nr);
-        cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
-        mul_rows(L.ffn_down, hb_, xb2_, nr);
+        // After them, the left-out rows whose sidecar has a surrogate here, one group per
+        // sidecar: [group_start[g], group_start[g + 1]) of rows_h.
+        int n_all = nr;
+        sur_groups_.clear();
+        for (int t = 0; t < n; t++) {
+            const cuda::DeviceSurrogates* set = row_surrogates_[t];
+            if (row_runs_[t] || !set || !skips[t]->surrogate(il)) continue;
+            if (std::find(sur_groups_.begin(), sur_groups_.end(), set) != sur_groups_.end()) continue;
+            sur_groups_.push_back(set);
+            group_start_.resize(sur_groups_.size());
+            group_start_.back() = n_all;
+            for (int u = t; u < n; u++) {
+                if (row_runs_[u] || row_surrogates_[u] != set || !skips[u]->surrogate(il)) continue;
+                rows_h[n_all++] = u;
+                want_cosines |= skips[u]->wants_cosine(il);
+            }
+        }
+        group_start_.resize(sur_groups_.size() + 1);
+        group_start_.back() = n_all;
+        if (n_all == 0) continue;   // no row needs this FFN or a surrogate: no weights are read
+        FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d, rows_h, n_all * sizeof(int32_t), cudaMemcpyHostToDevice, st));
         double* cos_d = rows_d_.cosines + (size_t)il * n_batch_;
-        scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
-        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+
+        // ---- feed-forward of the rows that run it: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
+        if (nr > 0) {
+            if (step) step->ffn_bytes_read += L.ffn_gate.row_bytes * L.ffn_gate.n_out + L.ffn_up.row_bytes * L.ffn_up.n_out +
+                                              L.ffn_down.row_bytes * L.ffn_down.n_out;
+            gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
+            FFNSKIP_CUDA_CHECK(cudaGetLastError());
+            cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
+            mul_rows(L.ffn_gate, xb_, hb_, nr);
+            mul_rows(L.ffn_up, xb_, hb2_, nr);
+            cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
+            mul_rows(L.ffn_down, hb_, xb2_, nr);
+            scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
+            FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        }
+        // ---- surrogates of the left-out rows: x' = h + b + U (V^T ffn_norm(h)), per sidecar ----
+        for (size_t g = 0; g < sur_groups_.size(); g++) {
+            const int first = group_start_[g], count = group_start_[g + 1] - first;
+            const cuda::DeviceSurrogate* sur = sur_groups_[g]->at(il);
+            if (!sur) throw Error("CUDA backend: internal error: a surrogate missing from its uploaded set");
+            if (step) {
+                const FfnSurrogate* host = sur_groups_[g]->host()->at(il);
+                step->surrogate_bytes_read += host->up.n_bytes() + host->down.n_bytes() + host->bias.size() * sizeof(float);
+            }
+            gather_rows_kernel<<<count, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d + first, D);
+            FFNSKIP_CUDA_CHECK(cudaGetLastError());
+            cuda::surrogate_forward(*sur, xb2_, L.ffn_norm, hp.rms_eps, count, D, hb_, xb_, nullptr, nullptr, s, false);
+            scatter_add_cosine_kernel<<<count, ROW_THREADS, 0, st>>>(x_, xb_, rows_d + first, D, cos_d + first);
+            FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        }
         if (want_cosines) {
             // The gate's next decisions depend on these: wait for them.
             double* cos_h = rows_h_.cosines + (size_t)il * n_batch_;
-            FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(cos_h, cos_d, nr * sizeof(double), cudaMemcpyDeviceToHost, st));
+            FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(cos_h, cos_d, n_all * sizeof(double), cudaMemcpyDeviceToHost, st));
             FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
-            for (int k = 0; k < nr; k++) {
+            for (int k = 0; k < n_all; k++) {
                 SkipSchedule* sk = skips[rows_h[k]];
                 if (sk && sk->wants_cosine(il)) sk->after_ffn(il, cos_h[k]);
             }
