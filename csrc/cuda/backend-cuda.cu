@@ -172,6 +172,7 @@ CudaForward::~CudaForward() { release(); }
 
 void CudaForward::release() {
     surrogates_.reset();
+    drop_rows_graphs();
     if (graph_) cudaGraphExecDestroy(graph_);
     if (blas_handle_) blas_->destroy(blas_handle_);
     if (stream_) cudaStreamDestroy(stream_);

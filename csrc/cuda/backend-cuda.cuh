@@ -63,7 +63,9 @@ class CudaForward : public Backend {
     int32_t n_batch() const override { return n_batch_; }
     const float* forward(const int32_t* tokens, int32_t n, int32_t pos, bool all_logits, SkipSchedule* skip,
                          bool decode_step) override;
-    // Batched decoding (forward-rows.cu): eager launches, no graph; RoPE with the cache
+    // Batched decoding (forward-rows.cu): a step that repeats the previous one's shape
+    // (rows and skip masks, no cosine gate looking) is captured and replayed as a graph,
+    // others launch eagerly; RoPE with the cache
     // writes and attention one launch each for all rows, each over its own slot; the
     // products over all rows (cuBLAS beyond one row), each FFN over the rows whose
     // schedule runs it, each surrogate over the left-out rows whose sidecar has it.
@@ -163,10 +165,31 @@ class CudaForward : public Backend {
     // different ones), and which of them each row of the current step uses (or null).
     std::vector<std::unique_ptr<cuda::DeviceSurrogates>> batch_surrogates_;
     std::vector<const cuda::DeviceSurrogates*> row_surrogates_;   // (rows)
-    std::vector<const cuda::DeviceSurrogates*> sur_groups_;       // a layer's sidecars in use
-    std::vector<int> group_start_;                                // (groups + 1) their rows
     const cuda::DeviceSurrogates* batch_surrogates(const std::shared_ptr<const SurrogateSet>& set,
                                                    const SkipSchedule* const* skips, int32_t n);
+    // One layer of a batched step as decided on the host: rows_h_.ffn_rows[layer] holds
+    // the FFN's nr rows, then each sidecar's rows from start[g] to start[g + 1].
+    struct RowsLayerPlan {
+        int nr = 0, n_all = 0;
+        bool want_cosines = false;
+        std::vector<const cuda::DeviceSurrogates*> sets;
+        std::vector<int> start;   // (sets + 1)
+    };
+    std::vector<RowsLayerPlan> row_plans_;   // (n_layer)
+    void plan_rows_layer(int il, SkipSchedule* const* skips, int32_t n, RowsStep* step, RowsLayerPlan& plan);
+    void encode_rows_attention(int il, int32_t n);
+    void encode_rows_ffn(int il, const RowsLayerPlan& plan);
+    void encode_rows_planned(int32_t n);
+    void launch_rows_planned(int32_t n);
+    void drop_rows_graphs();
+    // Captured batched steps, most recently used first, by shape (launch_rows_planned).
+    struct RowsGraph {
+        std::vector<uintptr_t> key;
+        cudaGraphExec_t exec = nullptr;
+    };
+    std::vector<RowsGraph> rows_graphs_;
+    std::vector<uintptr_t> rows_key_, rows_last_key_;
+    bool use_rows_graphs_ = true;
     // FFN surrogates (skip/surrogate.h), uploaded by prepare_surrogates; the decode graph
     // holds their kernels for the layers that have one, so a new set drops the graph.
     std::unique_ptr<cuda::DeviceSurrogates> surrogates_;

@@ -128,15 +128,185 @@ const cuda::DeviceSurrogates* CudaForward::batch_surrogates(const std::shared_pt
         };
         batch_surrogates_.erase(std::remove_if(batch_surrogates_.begin(), batch_surrogates_.end(), unused),
                                 batch_surrogates_.end());
+        drop_rows_graphs();   // they may hold a freed set's addresses
     }
     batch_surrogates_.push_back(std::make_unique<cuda::DeviceSurrogates>(set, m_.hp.n_embd));
     return batch_surrogates_.back().get();
 }
 
+// Which rows run layer il's FFN, and which left-out rows run a surrogate (grouped by
+// sidecar), into plan and the layer's row list rows_h_.ffn_rows[il]; adds the weight
+// bytes this reads to step.
+void CudaForward::plan_rows_layer(int il, SkipSchedule* const* skips, int32_t n, RowsStep* step, RowsLayerPlan& plan) {
+    const CudaLayer& L = layers_[il];
+    decide_ffn_rows(il, skips, n, step && step->vote, row_runs_);
+    int32_t* rows_h = rows_h_.ffn_rows + (size_t)il * n_batch_;
+    plan = RowsLayerPlan{};
+    for (int t = 0; t < n; t++) {
+        if (!row_runs_[t]) continue;
+        rows_h[plan.nr++] = t;
+        plan.want_cosines |= skips && skips[t] && skips[t]->wants_cosine(il);
+    }
+    plan.n_all = plan.nr;
+    for (int t = 0; t < n; t++) {
+        const cuda::DeviceSurrogates* set = row_surrogates_[t];
+        if (row_runs_[t] || !set || !skips[t]->surrogate(il)) continue;
+        if (std::find(plan.sets.begin(), plan.sets.end(), set) != plan.sets.end()) continue;
+        plan.sets.push_back(set);
+        plan.start.push_back(plan.n_all);
+        for (int u = t; u < n; u++) {
+            if (row_runs_[u] || row_surrogates_[u] != set || !skips[u]->surrogate(il)) continue;
+            rows_h[plan.n_all++] = u;
+            plan.want_cosines |= skips[u]->wants_cosine(il);
+        }
+        if (step) {
+            const FfnSurrogate* host = set->host()->at(il);
+            step->surrogate_bytes_read += host->up.n_bytes() + host->down.n_bytes() + host->bias.size() * sizeof(float);
+        }
+    }
+    plan.start.push_back(plan.n_all);
+    if (step && plan.nr > 0)
+        step->ffn_bytes_read += L.ffn_gate.row_bytes * L.ffn_gate.n_out + L.ffn_up.row_bytes * L.ffn_up.n_out +
+                                L.ffn_down.row_bytes * L.ffn_down.n_out;
+}
+
+// Layer il's attention for all n rows: h = x + Wo attn(norm(x)), each row over its own slot.
+void CudaForward::encode_rows_attention(int il, int32_t n) {
+    const HParams& hp = m_.hp;
+    const CudaLayer& L = layers_[il];
+    const cuda::Launch& s = launch_;
+    const cuda::RowSlots row_slots{rows_d_.slots, (int64_t)n_ctx_ * kv_width_};
+    cuda::rmsnorm(xb_, x_, L.attn_norm, n, hp.n_embd, hp.rms_eps, nullptr, s);
+    mul_rows(L.wq, xb_, q_, n);
+    mul_rows(L.wk, xb_, k_, n);
+    mul_rows(L.wv, xb_, v_, n);
+    cuda::rope_store_kv(k_, v_, k_cache(il, 0), v_cache(il, 0), n, hp.n_head_kv, rope_, rows_d_.pos, nullptr, s, q_,
+                        hp.n_head, nullptr, L.bias, row_slots);
+    cuda::attention(q_, k_cache(il, 0), v_cache(il, 0), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, rows_d_.pos,
+                    nullptr, s, nullptr, row_slots);
+    mul_rows(L.wo, att_, xb2_, n);
+    cuda::add_inplace(x_, xb2_, n * hp.n_embd, nullptr, s);
+}
+
+// Layer il's FFN for the plan's rows, then each sidecar's surrogate for its rows; every
+// such row's cosine(x after, x before) into rows_d_.cosines[il].
+void CudaForward::encode_rows_ffn(int il, const RowsLayerPlan& plan) {
+    const HParams& hp = m_.hp;
+    const int64_t D = hp.n_embd;
+    const CudaLayer& L = layers_[il];
+    const cuda::Launch& s = launch_;
+    cudaStream_t st = stream_;
+    const int32_t* rows_d = rows_d_.ffn_rows + (size_t)il * n_batch_;
+    double* cos_d = rows_d_.cosines + (size_t)il * n_batch_;
+    const int nr = plan.nr;
+    // ---- feed-forward: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
+    if (nr > 0) {
+        gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
+        mul_rows(L.ffn_gate, xb_, hb_, nr);
+        mul_rows(L.ffn_up, xb_, hb2_, nr);
+        cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
+        mul_rows(L.ffn_down, hb_, xb2_, nr);
+        scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+    }
+    // ---- surrogates of the left-out rows: x' = h + b + U (V^T ffn_norm(h)), per sidecar ----
+    for (size_t g = 0; g < plan.sets.size(); g++) {
+        const int first = plan.start[g], count = plan.start[g + 1] - first;
+        const cuda::DeviceSurrogate* sur = plan.sets[g]->at(il);
+        if (!sur) throw Error("CUDA backend: internal error: a surrogate missing from its uploaded set");
+        gather_rows_kernel<<<count, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d + first, D);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+        cuda::surrogate_forward(*sur, xb2_, L.ffn_norm, hp.rms_eps, count, D, hb_, xb_, nullptr, nullptr, s, false);
+        scatter_add_cosine_kernel<<<count, ROW_THREADS, 0, st>>>(x_, xb_, rows_d + first, D, cos_d + first);
+        FFNSKIP_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+// A step whose every decision is known before it starts (no row's gate looks at a
+// cosine): embeddings, all layers as planned, logits.
+void CudaForward::encode_rows_planned(int32_t n) {
+    const HParams& hp = m_.hp;
+    cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, launch_);
+    for (int il = 0; il < hp.n_layer; il++) {
+        encode_rows_attention(il, n);
+        if (row_plans_[il].n_all > 0) encode_rows_ffn(il, row_plans_[il]);
+    }
+    cuda::rmsnorm(xb_, x_, output_norm_, n, hp.n_embd, hp.rms_eps, nullptr, launch_);
+    mul_rows(output_, xb_, logits_, n);
+}
+
+// The graph of a planned step: the step's shape (rows, and per layer the FFN's rows and
+// each sidecar's) is its key. A shape is captured the second step in a row that has it
+// (the first ran eagerly, so every kernel and cuBLAS are loaded), and kept among the
+// last few shapes; changing masks (a random policy) keep running eagerly.
+void CudaForward::launch_rows_planned(int32_t n) {
+    const int n_layer = m_.hp.n_layer;
+    std::vector<uintptr_t>& key = rows_key_;
+    key.assign(1, (uintptr_t)n);
+    for (int il = 0; il < n_layer; il++) {
+        const RowsLayerPlan& p = row_plans_[il];
+        key.push_back((uintptr_t)p.n_all);
+        key.push_back((uintptr_t)p.nr);
+        const int32_t* rows = rows_h_.ffn_rows + (size_t)il * n_batch_;
+        key.insert(key.end(), rows, rows + p.n_all);
+        for (size_t g = 0; g < p.sets.size(); g++) {
+            key.push_back(reinterpret_cast<uintptr_t>(p.sets[g]));
+            key.push_back((uintptr_t)p.start[g + 1]);
+        }
+    }
+    cudaGraphExec_t exec = nullptr;
+    for (size_t i = 0; i < rows_graphs_.size(); i++) {
+        if (rows_graphs_[i].key != key) continue;
+        exec = rows_graphs_[i].exec;
+        std::rotate(rows_graphs_.begin(), rows_graphs_.begin() + i, rows_graphs_.begin() + i + 1);   // most recent first
+        break;
+    }
+    const bool capture = !exec && use_rows_graphs_ && key == rows_last_key_;
+    rows_last_key_ = key;
+    if (exec) {
+        FFNSKIP_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+        return;
+    }
+    if (!capture) return encode_rows_planned(n);
+    // Nothing captured runs, so a capture that fails (a library call that cannot be
+    // captured here) loses nothing: the step runs eagerly, and so do later ones.
+    cudaGraph_t graph = nullptr;
+    FFNSKIP_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    bool encoded = true;
+    try {
+        encode_rows_planned(n);
+    } catch (const std::exception&) {
+        encoded = false;
+    }
+    cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+    if (encoded && err == cudaSuccess && graph) err = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (!encoded || err != cudaSuccess || !exec) {
+        cudaGetLastError();
+        if (exec) cudaGraphExecDestroy(exec);
+        use_rows_graphs_ = false;
+        return encode_rows_planned(n);
+    }
+    constexpr size_t MAX_GRAPHS = 8;
+    if (rows_graphs_.size() == MAX_GRAPHS) {
+        cudaGraphExecDestroy(rows_graphs_.back().exec);
+        rows_graphs_.pop_back();
+    }
+    rows_graphs_.insert(rows_graphs_.begin(), RowsGraph{key, exec});
+    FFNSKIP_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+}
+
+void CudaForward::drop_rows_graphs() {
+    for (RowsGraph& g : rows_graphs_) cudaGraphExecDestroy(g.exec);
+    rows_graphs_.clear();
+    rows_last_key_.clear();
+}
+
 const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
                                        SkipSchedule* const* skips, RowsStep* step) {
     const HParams& hp = m_.hp;
-    const int64_t D = hp.n_embd;
     if (n < 1 || n > n_batch_) throw std::invalid_argument("forward_rows: batch of " + std::to_string(n) + " rows");
     for (int t = 0; t < n; t++) {
         if (slots[t] < 0 || slots[t] >= n_slots_) throw std::invalid_argument("forward_rows: no slot " + std::to_string(slots[t]));
@@ -150,6 +320,8 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         rows_d_.place(rows_dev_mem_, n_batch_, hp.n_layer);
         FFNSKIP_CUDA_CHECK(cudaMallocHost(&rows_host_mem_, rows_d_.bytes));
         rows_h_.place(rows_host_mem_, n_batch_, hp.n_layer);
+        row_plans_.resize(hp.n_layer);
+        use_rows_graphs_ = use_graph_;
     }
     // Each row's surrogate sidecar on the device (uploads happen here, before the step).
     row_surrogates_.assign(n, nullptr);
@@ -157,7 +329,6 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
         if (skips && skips[t] && skips[t]->surrogate_set())
             row_surrogates_[t] = batch_surrogates(skips[t]->surrogate_set(), skips, n);
     cudaStream_t st = stream_;
-    const cuda::Launch& s = launch_;
 
     // The step's tokens, positions and slots (pinned, so the copies run asynchronously;
     // slots follow positions in the block: one copy).
@@ -167,104 +338,45 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
     FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(step_d_.tokens, step_h_.tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, st));
     const size_t pos_and_slots = reinterpret_cast<uint8_t*>(rows_h_.slots + n) - reinterpret_cast<uint8_t*>(rows_h_.pos);
     FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.pos, rows_h_.pos, pos_and_slots, cudaMemcpyHostToDevice, st));
-    // Every row's RoPE, cache store and attention in one launch each, over its own slot.
-    const cuda::RowSlots row_slots{rows_d_.slots, (int64_t)n_ctx_ * kv_width_};
 
-    cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, s);
-    for (int il = 0; il < hp.n_layer; il++) {
-        const CudaLayer& L = layers_[il];
-
-        // ---- attention: h = x + Wo attn(norm(x)), each row over its own slot ----
-        cuda::rmsnorm(xb_, x_, L.attn_norm, n, D, hp.rms_eps, nullptr, s);
-        mul_rows(L.wq, xb_, q_, n);
-        mul_rows(L.wk, xb_, k_, n);
-        mul_rows(L.wv, xb_, v_, n);
-        cuda::rope_store_kv(k_, v_, k_cache(il, 0), v_cache(il, 0), n, hp.n_head_kv, rope_, rows_d_.pos, nullptr, s, q_,
-                            hp.n_head, nullptr, L.bias, row_slots);
-        cuda::attention(q_, k_cache(il, 0), v_cache(il, 0), att_, n, hp.n_head, hp.n_head_kv, hp.head_dim, rows_d_.pos,
-                        nullptr, s, nullptr, row_slots);
-        mul_rows(L.wo, att_, xb2_, n);
-        cuda::add_inplace(x_, xb2_, n * D, nullptr, s);
-
-        // ---- the skip gate: which rows run this layer's FFN (each row's own schedule,
-        // or with the vote the rows' majority for all of them) ----
-        decide_ffn_rows(il, skips, n, step && step->vote, row_runs_);
-        int32_t* rows_h = rows_h_.ffn_rows + (size_t)il * n_batch_;
-        int32_t* rows_d = rows_d_.ffn_rows + (size_t)il * n_batch_;
-        int nr = 0;
-        bool want_cosines = false;
-        for (int t = 0; t < n; t++) {
-            if (!row_runs_[t]) continue;
-            rows_h[nr++] = t;
-            want_cosines |= skips && skips[t] && skips[t]->wants_cosine(il);
-        }
-        // After them, the left-out rows whose sidecar has a surrogate here, one group per
-        // sidecar: [group_start[g], group_start[g + 1]) of rows_h.
-        int n_all = nr;
-        sur_groups_.clear();
-        for (int t = 0; t < n; t++) {
-            const cuda::DeviceSurrogates* set = row_surrogates_[t];
-            if (row_runs_[t] || !set || !skips[t]->surrogate(il)) continue;
-            if (std::find(sur_groups_.begin(), sur_groups_.end(), set) != sur_groups_.end()) continue;
-            sur_groups_.push_back(set);
-            group_start_.resize(sur_groups_.size());
-            group_start_.back() = n_all;
-            for (int u = t; u < n; u++) {
-                if (row_runs_[u] || row_surrogates_[u] != set || !skips[u]->surrogate(il)) continue;
-                rows_h[n_all++] = u;
-                want_cosines |= skips[u]->wants_cosine(il);
+    // Does any row's gate look at a cosine in this step? If not, every decision is known
+    // now (the schedules' answers change only through the cosines they are given), so
+    // the whole step is planned first and launched at once, as a graph where it repeats.
+    bool gate_looks = false;
+    for (int t = 0; t < n && !gate_looks; t++)
+        for (int il = 0; il < hp.n_layer && !gate_looks; il++) gate_looks = skips && skips[t] && skips[t]->wants_cosine(il);
+    if (!gate_looks) {
+        for (int il = 0; il < hp.n_layer; il++) plan_rows_layer(il, skips, n, step, row_plans_[il]);
+        FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.ffn_rows, rows_h_.ffn_rows, (size_t)hp.n_layer * n_batch_ * sizeof(int32_t),
+                                           cudaMemcpyHostToDevice, st));
+        launch_rows_planned(n);
+    } else {
+        cuda::embed_rows(token_embd_, step_d_.tokens, n, x_, launch_);
+        for (int il = 0; il < hp.n_layer; il++) {
+            encode_rows_attention(il, n);
+            RowsLayerPlan& plan = row_plans_[il];
+            plan_rows_layer(il, skips, n, step, plan);
+            if (plan.n_all == 0) continue;   // no row needs this FFN or a surrogate: no weights are read
+            const size_t at = (size_t)il * n_batch_;
+            FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d_.ffn_rows + at, rows_h_.ffn_rows + at, plan.n_all * sizeof(int32_t),
+                                               cudaMemcpyHostToDevice, st));
+            encode_rows_ffn(il, plan);
+            if (plan.want_cosines) {
+                // The gate's next decisions depend on these: wait for them.
+                FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_h_.cosines + at, rows_d_.cosines + at, plan.n_all * sizeof(double),
+                                                   cudaMemcpyDeviceToHost, st));
+                FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
+                for (int k = 0; k < plan.n_all; k++) {
+                    SkipSchedule* sk = skips[rows_h_.ffn_rows[at + k]];
+                    if (sk && sk->wants_cosine(il)) sk->after_ffn(il, rows_h_.cosines[at + k]);
+                }
             }
         }
-        group_start_.resize(sur_groups_.size() + 1);
-        group_start_.back() = n_all;
-        if (n_all == 0) continue;   // no row needs this FFN or a surrogate: no weights are read
-        FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(rows_d, rows_h, n_all * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-        double* cos_d = rows_d_.cosines + (size_t)il * n_batch_;
-
-        // ---- feed-forward of the rows that run it: x' = h + Wdown (silu(Wgate norm(h)) * Wup norm(h)) ----
-        if (nr > 0) {
-            if (step) step->ffn_bytes_read += L.ffn_gate.row_bytes * L.ffn_gate.n_out + L.ffn_up.row_bytes * L.ffn_up.n_out +
-                                              L.ffn_down.row_bytes * L.ffn_down.n_out;
-            gather_rows_kernel<<<nr, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d, D);
-            FFNSKIP_CUDA_CHECK(cudaGetLastError());
-            cuda::rmsnorm(xb_, xb2_, L.ffn_norm, nr, D, hp.rms_eps, nullptr, s);
-            mul_rows(L.ffn_gate, xb_, hb_, nr);
-            mul_rows(L.ffn_up, xb_, hb2_, nr);
-            cuda::swiglu(hb_, hb_, hb2_, (int64_t)nr * hp.n_ff, nullptr, s);
-            mul_rows(L.ffn_down, hb_, xb2_, nr);
-            scatter_add_cosine_kernel<<<nr, ROW_THREADS, 0, st>>>(x_, xb2_, rows_d, D, cos_d);
-            FFNSKIP_CUDA_CHECK(cudaGetLastError());
-        }
-        // ---- surrogates of the left-out rows: x' = h + b + U (V^T ffn_norm(h)), per sidecar ----
-        for (size_t g = 0; g < sur_groups_.size(); g++) {
-            const int first = group_start_[g], count = group_start_[g + 1] - first;
-            const cuda::DeviceSurrogate* sur = sur_groups_[g]->at(il);
-            if (!sur) throw Error("CUDA backend: internal error: a surrogate missing from its uploaded set");
-            if (step) {
-                const FfnSurrogate* host = sur_groups_[g]->host()->at(il);
-                step->surrogate_bytes_read += host->up.n_bytes() + host->down.n_bytes() + host->bias.size() * sizeof(float);
-            }
-            gather_rows_kernel<<<count, ROW_THREADS, 0, st>>>(xb2_, x_, rows_d + first, D);
-            FFNSKIP_CUDA_CHECK(cudaGetLastError());
-            cuda::surrogate_forward(*sur, xb2_, L.ffn_norm, hp.rms_eps, count, D, hb_, xb_, nullptr, nullptr, s, false);
-            scatter_add_cosine_kernel<<<count, ROW_THREADS, 0, st>>>(x_, xb_, rows_d + first, D, cos_d + first);
-            FFNSKIP_CUDA_CHECK(cudaGetLastError());
-        }
-        if (want_cosines) {
-            // The gate's next decisions depend on these: wait for them.
-            double* cos_h = rows_h_.cosines + (size_t)il * n_batch_;
-            FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(cos_h, cos_d, n_all * sizeof(double), cudaMemcpyDeviceToHost, st));
-            FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
-            for (int k = 0; k < n_all; k++) {
-                SkipSchedule* sk = skips[rows_h[k]];
-                if (sk && sk->wants_cosine(il)) sk->after_ffn(il, cos_h[k]);
-            }
-        }
+        cuda::rmsnorm(xb_, x_, output_norm_, n, hp.n_embd, hp.rms_eps, nullptr, launch_);
+        mul_rows(output_, xb_, logits_, n);
     }
 
     // ---- logits of every row ----
-    cuda::rmsnorm(xb_, x_, output_norm_, n, D, hp.rms_eps, nullptr, s);
-    mul_rows(output_, xb_, logits_, n);
     FFNSKIP_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_, (size_t)n * hp.n_vocab * sizeof(float),
                                        cudaMemcpyDeviceToHost, st));
     FFNSKIP_CUDA_CHECK(cudaStreamSynchronize(st));
