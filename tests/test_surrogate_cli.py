@@ -75,6 +75,8 @@ def test_calibrate_with_surrogates_writes_a_profile_and_its_sidecar(model_path, 
     sidecar = tmp_path / "prof.surrogates.gguf"
     seq = tmp_path / "prof.sequential.surrogates.gguf"
     assert profile["config"]["policy"] == "layers" and profile["config"]["surrogates"] in (sidecar.name, seq.name)
+    # every sidecar the profile names beside itself is named relative to it
+    assert profile["surrogates"] == profile["layers_alternative"]["config"]["surrogates"] == sidecar.name
     assert len(profile["config"]["layers"]) == 2            # round(0.34 x 6)
     fitted, meta = sg.load(sidecar, n_embd=64, n_layer=6)
     assert sorted(fitted) == list(range(6)) and all(s.rank == 4 for s in fitted.values())

@@ -197,9 +197,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.policy == "layers" and m["ppl"] < alt["ppl"]:
             surrogates = seq_path
             profile["config"]["surrogates"] = os.path.abspath(seq_path)
-    if surrogates and os.path.dirname(os.path.abspath(surrogates)) == os.path.dirname(os.path.abspath(out)):
-        # Named relative to the profile, so the pair can move together.
-        profile["config"]["surrogates"] = os.path.basename(surrogates)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    for holder in (profile, profile["config"], profile["layers_alternative"].get("config", {})):
+        # Sidecars beside the profile are named relative to it, so the files can move together.
+        named = holder.get("surrogates")
+        if named and os.path.dirname(os.path.abspath(named)) == out_dir:
+            holder["surrogates"] = os.path.basename(named)
     options = [("--held-out", args.held_out), ("--target-ratio", args.target_ratio),
                ("--max-ppl-increase", args.max_ppl_increase), ("--tokens", args.tokens),
                ("--held-out-tokens", args.held_out_tokens), ("--generate-tokens", args.generate_tokens),
