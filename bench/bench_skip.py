@@ -57,7 +57,8 @@ def middle_layers(n_layer: int, k: int) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=None, help="GGUF (default: SmolLM2-135M Q4_1)")
+    ap.add_argument("model", nargs="?", default=None,
+                    help="GGUF file or registered model name (default: SmolLM2-135M Q4_1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gen", type=int, default=64, help="decoded tokens per run")
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--surrogates", help="surrogate file: also time each setting with surrogates in place of the skipped FFNs")
     args = ap.parse_args()
     args.ratios = [0.0] + [r for r in args.ratios if r != 0.0]
-    path = args.model or str(models.default_model_path())
+    path = str(models.resolve_model(args.model)) if args.model else str(models.default_model_path())
 
     model = ffnskip.Model(path)
     n_layer = model.hparams.n_layer
@@ -113,10 +114,11 @@ def main() -> None:
     for (r, layers, frac, ideal, *_), m, sm in zip(configs, med, sur_med):
         n_skip = len(layers)
         sp = m / base
-        eff = (sp - 1) / (ideal - 1) if ideal > 1 else float("nan")
+        # the achieved share of the ideal gain (speed-up - 1 over ideal - 1); none for the dense run
+        gain = f" (gain {(sp - 1) / (ideal - 1):.0%})" if ideal > 1 else ""
         extra = (f" {sm:.1f} | {sm / m:.3f} |" if layers else " - | - |") if args.surrogates else ""
         print(f"| {n_skip}/{n_layer} ({n_skip / n_layer:.0%}) | {','.join(map(str, layers)) or '-'} | {frac:.1%} | "
-              f"{m:.1f} | {sp:.3f} | {ideal:.3f} | {sp / ideal:.3f} (gain {eff:.0%}) |{extra}")
+              f"{m:.1f} | {sp:.3f} | {ideal:.3f} | {sp / ideal:.3f}{gain} |{extra}")
 
 
 if __name__ == "__main__":
