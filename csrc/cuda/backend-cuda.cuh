@@ -65,10 +65,10 @@ class CudaForward : public Backend {
                          bool decode_step) override;
     // Batched decoding (forward-rows.cu): a step that repeats the previous one's shape
     // (rows and skip masks, no cosine gate looking) is captured and replayed as a graph,
-    // others launch eagerly; RoPE with the cache
-    // writes and attention one launch each for all rows, each over its own slot; the
-    // products over all rows (cuBLAS beyond one row), each FFN over the rows whose
-    // schedule runs it, each surrogate over the left-out rows whose sidecar has it.
+    // others launch eagerly; RoPE with the cache writes and attention one launch each
+    // for all rows, each over its own slot; the products over all rows (cuBLAS beyond
+    // one row), each FFN over the rows whose schedule runs it, each surrogate over the
+    // left-out rows whose sidecar has it.
     const float* forward_slot(int32_t slot, const int32_t* tokens, int32_t n, int32_t pos, bool all_logits,
                               SkipSchedule* skip) override;
     const float* forward_rows(const int32_t* tokens, const int32_t* slots, const int32_t* pos, int32_t n,
@@ -180,6 +180,7 @@ class CudaForward : public Backend {
     void encode_rows_attention(int il, int32_t n);
     void encode_rows_ffn(int il, const RowsLayerPlan& plan);
     void encode_rows_planned(int32_t n);
+    void encode_rows_output(int32_t n);
     void launch_rows_planned(int32_t n);
     void drop_rows_graphs();
     // Captured batched steps, most recently used first, by shape (launch_rows_planned).

@@ -233,7 +233,12 @@ void CudaForward::encode_rows_planned(int32_t n) {
         encode_rows_attention(il, n);
         if (row_plans_[il].n_all > 0) encode_rows_ffn(il, row_plans_[il]);
     }
-    cuda::rmsnorm(xb_, x_, output_norm_, n, hp.n_embd, hp.rms_eps, nullptr, launch_);
+    encode_rows_output(n);
+}
+
+// Every row's logits from the final residual.
+void CudaForward::encode_rows_output(int32_t n) {
+    cuda::rmsnorm(xb_, x_, output_norm_, n, m_.hp.n_embd, m_.hp.rms_eps, nullptr, launch_);
     mul_rows(output_, xb_, logits_, n);
 }
 
@@ -242,6 +247,7 @@ void CudaForward::encode_rows_planned(int32_t n) {
 // (the first ran eagerly, so every kernel and cuBLAS are loaded), and kept among the
 // last few shapes; changing masks (a random policy) keep running eagerly.
 void CudaForward::launch_rows_planned(int32_t n) {
+    if (!use_rows_graphs_) return encode_rows_planned(n);
     const int n_layer = m_.hp.n_layer;
     std::vector<uintptr_t>& key = rows_key_;
     key.assign(1, (uintptr_t)n);
@@ -263,7 +269,7 @@ void CudaForward::launch_rows_planned(int32_t n) {
         std::rotate(rows_graphs_.begin(), rows_graphs_.begin() + i, rows_graphs_.begin() + i + 1);   // most recent first
         break;
     }
-    const bool capture = !exec && use_rows_graphs_ && key == rows_last_key_;
+    const bool capture = !exec && key == rows_last_key_;
     rows_last_key_ = key;
     if (exec) {
         FFNSKIP_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
@@ -372,8 +378,7 @@ const float* CudaForward::forward_rows(const int32_t* tokens, const int32_t* slo
                 }
             }
         }
-        cuda::rmsnorm(xb_, x_, output_norm_, n, hp.n_embd, hp.rms_eps, nullptr, launch_);
-        mul_rows(output_, xb_, logits_, n);
+        encode_rows_output(n);
     }
 
     // ---- logits of every row ----
